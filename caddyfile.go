@@ -1,0 +1,353 @@
+package certflow
+
+import (
+	"net"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/mholt/acmez/v3/acme"
+)
+
+// UnmarshalCaddyfile deserializes Caddyfile tokens into iss.
+//
+//	... certflow [<directory_url>] {
+//	    dir <directory_url>
+//	    email <address>
+//	    eab <key_id> <mac_key>
+//	    account_key <pem_file>
+//	    trusted_roots <pem_files...>
+//	    timeout <duration>
+//	    disable_http_challenge
+//	    disable_tlsalpn_challenge
+//	    max_concurrent_challenges <n>
+//	    max_queued_challenges <n>
+//	    challenge_timeout <duration>
+//	    failure_backoff <initial> [<max>]
+//	    retention <max_count> [<max_age>]
+//	    self_check off
+//	    self_check {
+//	        resolvers <host:port...>
+//	        port <http-01 port>
+//	        tlsalpn_port <port>
+//	        interval <duration>
+//	        attempt_timeout <duration>
+//	        timeout <duration>
+//	    }
+//	}
+//
+// The directory URL may be given as the argument or with dir, not both.
+// timeout is the timeout of each request to the CA (acme_timeout in JSON).
+// Durations and counts must be positive. trusted_roots and self_check may be
+// repeated: files and resolvers accumulate, later self_check settings win.
+func (iss *Issuer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume issuer name
+
+	if d.NextArg() {
+		iss.CA = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "dir":
+			if iss.CA != "" {
+				return d.Errf("directory is already specified: %s", iss.CA)
+			}
+			if !d.AllArgs(&iss.CA) {
+				return d.ArgErr()
+			}
+
+		case "email":
+			if !d.AllArgs(&iss.Email) {
+				return d.ArgErr()
+			}
+
+		case "eab":
+			eab := new(acme.EAB)
+			if !d.AllArgs(&eab.KeyID, &eab.MACKey) {
+				return d.ArgErr()
+			}
+			iss.ExternalAccount = eab
+
+		case "account_key":
+			if !d.AllArgs(&iss.AccountKeyFile) {
+				return d.ArgErr()
+			}
+
+		case "trusted_roots":
+			files := d.RemainingArgs()
+			if len(files) == 0 {
+				return d.ArgErr()
+			}
+			iss.TrustedRootsPEMFiles = append(iss.TrustedRootsPEMFiles, files...)
+
+		case "timeout":
+			dur, err := durationArg(d, opt)
+			if err != nil {
+				return err
+			}
+			iss.ACMETimeout = dur
+
+		case "disable_http_challenge":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			iss.challenges().HTTP = &ChallengeTypeConfig{Disabled: true}
+
+		case "disable_tlsalpn_challenge":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			iss.challenges().TLSALPN = &ChallengeTypeConfig{Disabled: true}
+
+		case "max_concurrent_challenges":
+			n, err := countArg(d, opt)
+			if err != nil {
+				return err
+			}
+			iss.MaxConcurrentChallenges = n
+
+		case "max_queued_challenges":
+			n, err := countArg(d, opt)
+			if err != nil {
+				return err
+			}
+			iss.MaxQueuedChallenges = n
+
+		case "challenge_timeout":
+			dur, err := durationArg(d, opt)
+			if err != nil {
+				return err
+			}
+			iss.ChallengeTimeout = dur
+
+		case "failure_backoff":
+			backoff, err := parseFailureBackoff(d)
+			if err != nil {
+				return err
+			}
+			iss.FailureBackoff = backoff
+
+		case "retention":
+			retention, err := parseRetention(d)
+			if err != nil {
+				return err
+			}
+			iss.Retention = retention
+
+		case "self_check":
+			if err := iss.unmarshalSelfCheck(d); err != nil {
+				return err
+			}
+
+		default:
+			return d.Errf("unrecognized certflow option '%s'", d.Val())
+		}
+	}
+
+	return nil
+}
+
+// challenges returns iss.Challenges, allocating it first if needed.
+func (iss *Issuer) challenges() *ChallengesConfig {
+	if iss.Challenges == nil {
+		iss.Challenges = new(ChallengesConfig)
+	}
+	return iss.Challenges
+}
+
+// parseFailureBackoff parses the arguments of
+//
+//	failure_backoff <initial> [<max>]
+func parseFailureBackoff(d *caddyfile.Dispenser) (*BackoffConfig, error) {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return nil, d.ArgErr()
+	}
+	initial, err := parseDuration(d, "failure_backoff initial", args[0])
+	if err != nil {
+		return nil, err
+	}
+	backoff := &BackoffConfig{Initial: initial}
+	if len(args) == 2 {
+		if backoff.Max, err = parseDuration(d, "failure_backoff max", args[1]); err != nil {
+			return nil, err
+		}
+		if backoff.Max < backoff.Initial {
+			return nil, d.Errf("failure_backoff max %s is shorter than its initial wait %s",
+				args[1], args[0])
+		}
+	}
+	return backoff, nil
+}
+
+// parseRetention parses the arguments of
+//
+//	retention <max_count> [<max_age>]
+func parseRetention(d *caddyfile.Dispenser) (*RetentionConfig, error) {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return nil, d.ArgErr()
+	}
+	count, err := parseCount(d, "retention max_count", args[0])
+	if err != nil {
+		return nil, err
+	}
+	retention := &RetentionConfig{MaxCount: count}
+	if len(args) == 2 {
+		if retention.MaxAge, err = parseDuration(d, "retention max_age", args[1]); err != nil {
+			return nil, err
+		}
+	}
+	return retention, nil
+}
+
+// unmarshalSelfCheck parses either
+//
+//	self_check off
+//
+// or
+//
+//	self_check {
+//	    resolvers <host:port...>
+//	    port <http-01 port>
+//	    tlsalpn_port <port>
+//	    interval <duration>
+//	    attempt_timeout <duration>
+//	    timeout <duration>
+//	}
+//
+// with the dispenser on the self_check token.
+func (iss *Issuer) unmarshalSelfCheck(d *caddyfile.Dispenser) error {
+	var sc SelfCheckConfig
+	if iss.SelfCheck != nil {
+		sc = *iss.SelfCheck
+	}
+
+	if d.NextArg() {
+		if d.Val() != "off" {
+			return d.Errf("self_check takes either 'off' or a block, not '%s'", d.Val())
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		if d.NextBlock(d.Nesting()) {
+			d.Prev() // report the line of the opening brace
+			return d.Err("self_check off takes no block")
+		}
+		sc.Disabled = true
+	} else {
+		nesting := d.Nesting()
+		if !d.NextBlock(nesting) {
+			if d.Val() == "}" {
+				return nil // an empty block changes nothing
+			}
+			return d.Err("self_check takes either 'off' or a block")
+		}
+		for ok := true; ok; ok = d.NextBlock(nesting) {
+			if err := sc.unmarshalOption(d); err != nil {
+				return err
+			}
+		}
+	}
+
+	if sc.Disabled && (len(sc.Resolvers) > 0 || sc.HTTPPort != 0 || sc.TLSALPNPort != 0 ||
+		sc.Interval != 0 || sc.AttemptTimeout != 0 || sc.Timeout != 0) {
+		return d.Err("self_check is off, so the self_check options would be ignored: remove one or the other")
+	}
+	iss.SelfCheck = &sc
+	return nil
+}
+
+// unmarshalOption parses one subdirective of the self_check block, with the
+// dispenser on its name.
+func (sc *SelfCheckConfig) unmarshalOption(d *caddyfile.Dispenser) error {
+	opt := d.Val()
+	var err error
+	switch opt {
+	case "resolvers":
+		resolvers := d.RemainingArgs()
+		if len(resolvers) == 0 {
+			return d.ArgErr()
+		}
+		for _, r := range resolvers {
+			if _, _, splitErr := net.SplitHostPort(r); splitErr != nil {
+				return d.Errf("self_check resolver '%s' must be host:port: %v", r, splitErr)
+			}
+		}
+		sc.Resolvers = append(sc.Resolvers, resolvers...)
+	case "port":
+		sc.HTTPPort, err = portArg(d, "self_check port")
+	case "tlsalpn_port":
+		sc.TLSALPNPort, err = portArg(d, "self_check tlsalpn_port")
+	case "interval":
+		sc.Interval, err = durationArg(d, "self_check interval")
+	case "attempt_timeout":
+		sc.AttemptTimeout, err = durationArg(d, "self_check attempt_timeout")
+	case "timeout":
+		sc.Timeout, err = durationArg(d, "self_check timeout")
+	default:
+		return d.Errf("unrecognized certflow self_check option '%s'", d.Val())
+	}
+	return err
+}
+
+// durationArg reads the single argument of option as a positive duration.
+func durationArg(d *caddyfile.Dispenser, option string) (caddy.Duration, error) {
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	return parseDuration(d, option, s)
+}
+
+// countArg reads the single argument of option as a positive integer.
+func countArg(d *caddyfile.Dispenser, option string) (int, error) {
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	return parseCount(d, option, s)
+}
+
+// portArg reads the single argument of option as a port number.
+func portArg(d *caddyfile.Dispenser, option string) (int, error) {
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	port, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, d.Errf("invalid %s '%s': not an integer", option, s)
+	}
+	if port < 1 || port > 65535 {
+		return 0, d.Errf("invalid %s %d: must be between 1 and 65535", option, port)
+	}
+	return port, nil
+}
+
+func parseDuration(d *caddyfile.Dispenser, option, s string) (caddy.Duration, error) {
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return 0, d.Errf("invalid %s duration '%s': %v", option, s, err)
+	}
+	if dur <= 0 {
+		return 0, d.Errf("invalid %s duration '%s': must be positive", option, s)
+	}
+	return caddy.Duration(dur), nil
+}
+
+func parseCount(d *caddyfile.Dispenser, option, s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, d.Errf("invalid %s '%s': not an integer", option, s)
+	}
+	if n <= 0 {
+		return 0, d.Errf("invalid %s %d: must be positive", option, n)
+	}
+	return n, nil
+}

@@ -1,0 +1,268 @@
+package caddyfile_test
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// siteWith wraps certflow options in a site's tls issuer block; the first
+// option is on line 4 of the result.
+func siteWith(options ...string) string {
+	return "example.com {\n" +
+		"\ttls {\n" +
+		"\t\tissuer certflow {\n" +
+		"\t\t\t" + strings.Join(options, "\n\t\t\t") + "\n" +
+		"\t\t}\n" +
+		"\t}\n" +
+		"}\n"
+}
+
+// globalWith wraps certflow options in a global cert_issuer block; the first
+// option is on line 3 of the result.
+func globalWith(options ...string) string {
+	return "{\n" +
+		"\tcert_issuer certflow {\n" +
+		"\t\t" + strings.Join(options, "\n\t\t") + "\n" +
+		"\t}\n" +
+		"}\n\n" +
+		"example.com {\n" +
+		"\trespond ok\n" +
+		"}\n"
+}
+
+func TestAdaptErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		caddyfile string
+		wantMsg   string
+		wantLine  int
+	}{
+		{
+			name:      "unknown option",
+			caddyfile: siteWith("email ops@example.com", "colour blue"),
+			wantMsg:   "unrecognized certflow option 'colour'",
+			wantLine:  5,
+		},
+		{
+			name:      "unknown option in global cert_issuer",
+			caddyfile: globalWith("dns_serialize"),
+			wantMsg:   "unrecognized certflow option 'dns_serialize'",
+			wantLine:  3,
+		},
+		{
+			name:      "missing argument",
+			caddyfile: siteWith("email"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "missing duration",
+			caddyfile: globalWith("challenge_timeout"),
+			wantMsg:   "wrong argument count",
+			wantLine:  3,
+		},
+		{
+			name:      "extra argument",
+			caddyfile: siteWith("email a@example.com b@example.com"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "extra argument to a flag",
+			caddyfile: siteWith("disable_http_challenge yes"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "extra positional argument",
+			caddyfile: "example.com {\n\ttls {\n\t\tissuer certflow https://a.example/dir https://b.example/dir\n\t}\n}\n",
+			wantMsg:   "wrong argument count",
+			wantLine:  3,
+		},
+		{
+			name:      "too many failure_backoff arguments",
+			caddyfile: siteWith("failure_backoff 1m 1h 2h"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "bad duration",
+			caddyfile: siteWith("timeout soon"),
+			wantMsg:   "invalid timeout duration 'soon'",
+			wantLine:  4,
+		},
+		{
+			name:      "zero duration",
+			caddyfile: siteWith("challenge_timeout 0s"),
+			wantMsg:   "invalid challenge_timeout duration '0s': must be positive",
+			wantLine:  4,
+		},
+		{
+			name:      "negative duration",
+			caddyfile: siteWith("timeout -5s"),
+			wantMsg:   "invalid timeout duration '-5s': must be positive",
+			wantLine:  4,
+		},
+		{
+			name:      "bad failure_backoff max",
+			caddyfile: siteWith("email ops@example.com", "failure_backoff 1m forever"),
+			wantMsg:   "invalid failure_backoff max duration 'forever'",
+			wantLine:  5,
+		},
+		{
+			name:      "failure_backoff max below initial",
+			caddyfile: siteWith("failure_backoff 1h 1m"),
+			wantMsg:   "failure_backoff max 1m is shorter than its initial wait 1h",
+			wantLine:  4,
+		},
+		{
+			name:      "bad integer",
+			caddyfile: siteWith("max_concurrent_challenges lots"),
+			wantMsg:   "invalid max_concurrent_challenges 'lots': not an integer",
+			wantLine:  4,
+		},
+		{
+			name:      "negative count",
+			caddyfile: globalWith("max_queued_challenges -1"),
+			wantMsg:   "invalid max_queued_challenges -1: must be positive",
+			wantLine:  3,
+		},
+		{
+			name:      "zero count",
+			caddyfile: siteWith("max_concurrent_challenges 0"),
+			wantMsg:   "invalid max_concurrent_challenges 0: must be positive",
+			wantLine:  4,
+		},
+		{
+			name:      "zero retention count",
+			caddyfile: siteWith("retention 0 24h"),
+			wantMsg:   "invalid retention max_count 0: must be positive",
+			wantLine:  4,
+		},
+		{
+			name:      "bad retention age",
+			caddyfile: siteWith("retention 10 a-week"),
+			wantMsg:   "invalid retention max_age duration 'a-week'",
+			wantLine:  4,
+		},
+		{
+			name:      "dir twice",
+			caddyfile: siteWith("dir https://a.example/dir", "dir https://b.example/dir"),
+			wantMsg:   "directory is already specified: https://a.example/dir",
+			wantLine:  5,
+		},
+		{
+			name:      "dir as argument and subdirective",
+			caddyfile: "example.com {\n\ttls {\n\t\tissuer certflow https://a.example/dir {\n\t\t\tdir https://b.example/dir\n\t\t}\n\t}\n}\n",
+			wantMsg:   "directory is already specified: https://a.example/dir",
+			wantLine:  4,
+		},
+		{
+			name:      "eab with one argument",
+			caddyfile: siteWith("eab kid-only"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "trusted_roots without files",
+			caddyfile: siteWith("trusted_roots"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "self_check on",
+			caddyfile: siteWith("self_check on"),
+			wantMsg:   "self_check takes either 'off' or a block, not 'on'",
+			wantLine:  4,
+		},
+		{
+			name:      "self_check without off or block",
+			caddyfile: siteWith("self_check", "email ops@example.com"),
+			wantMsg:   "self_check takes either 'off' or a block",
+			wantLine:  4,
+		},
+		{
+			name:      "self_check off with extra argument",
+			caddyfile: siteWith("self_check off now"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "self_check off with a block",
+			caddyfile: siteWith("self_check off {", "\tport 8080", "}"),
+			wantMsg:   "self_check off takes no block",
+			wantLine:  4,
+		},
+		{
+			name:      "self_check off and self_check options",
+			caddyfile: siteWith("self_check {", "\tport 8080", "}", "self_check off"),
+			wantMsg:   "self_check is off, so the self_check options would be ignored",
+			wantLine:  7,
+		},
+		{
+			name:      "unknown option inside self_check",
+			caddyfile: siteWith("self_check {", "\tinterval 1s", "\tretries 3", "}"),
+			wantMsg:   "unrecognized certflow self_check option 'retries'",
+			wantLine:  6,
+		},
+		{
+			name:      "port out of range",
+			caddyfile: siteWith("self_check {", "\tport 65536", "}"),
+			wantMsg:   "invalid self_check port 65536: must be between 1 and 65535",
+			wantLine:  5,
+		},
+		{
+			name:      "zero tlsalpn port",
+			caddyfile: globalWith("self_check {", "\ttlsalpn_port 0", "}"),
+			wantMsg:   "invalid self_check tlsalpn_port 0: must be between 1 and 65535",
+			wantLine:  4,
+		},
+		{
+			name:      "port not an integer",
+			caddyfile: siteWith("self_check {", "\tport http", "}"),
+			wantMsg:   "invalid self_check port 'http': not an integer",
+			wantLine:  5,
+		},
+		{
+			name:      "self_check port without argument",
+			caddyfile: siteWith("self_check {", "\tport", "}"),
+			wantMsg:   "wrong argument count",
+			wantLine:  5,
+		},
+		{
+			name:      "self_check resolver without port",
+			caddyfile: siteWith("self_check {", "\tresolvers 1.1.1.1:53 8.8.8.8", "}"),
+			wantMsg:   "self_check resolver '8.8.8.8' must be host:port",
+			wantLine:  5,
+		},
+		{
+			name:      "self_check resolvers without argument",
+			caddyfile: siteWith("self_check {", "\tresolvers", "}"),
+			wantMsg:   "wrong argument count",
+			wantLine:  5,
+		},
+		{
+			name:      "self_check bad duration",
+			caddyfile: siteWith("self_check {", "\tattempt_timeout 5", "}"),
+			wantMsg:   "invalid self_check attempt_timeout duration '5'",
+			wantLine:  5,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := adapt(t, tc.caddyfile)
+			if err == nil {
+				t.Fatalf("adapting succeeded, want an error containing %q; Caddyfile:\n%s", tc.wantMsg, tc.caddyfile)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tc.wantMsg) {
+				t.Errorf("error %q does not contain %q", msg, tc.wantMsg)
+			}
+			where := regexp.MustCompile(fmt.Sprintf(`\bCaddyfile:%d\b`, tc.wantLine))
+			if !where.MatchString(msg) {
+				t.Errorf("error %q does not name Caddyfile:%d", msg, tc.wantLine)
+			}
+		})
+	}
+}

@@ -1,0 +1,282 @@
+package rig
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/letsencrypt/pebble/v2/ca"
+	"github.com/letsencrypt/pebble/v2/db"
+	"github.com/letsencrypt/pebble/v2/va"
+	"github.com/letsencrypt/pebble/v2/wfe"
+)
+
+// File names written into CAOptions.Dir.
+const (
+	// ServerRootsFileName holds the certificate of the CA's HTTPS server.
+	ServerRootsFileName = "pebble-server-roots.pem"
+	// IssuerRootsFileName holds the root certificate issued chains lead to.
+	IssuerRootsFileName = "pebble-issuer-roots.pem"
+)
+
+// Pebble's environment knobs, read in its constructors.
+const (
+	envVANoSleep      = "PEBBLE_VA_NOSLEEP"
+	envVAAlwaysValid  = "PEBBLE_VA_ALWAYS_VALID"
+	envNonceReject    = "PEBBLE_WFE_NONCEREJECT"
+	envAuthzReuse     = "PEBBLE_AUTHZREUSE"
+	pebbleCAAIdentity = "pebble.letsencrypt.org"
+)
+
+// pebbleEnvMu serializes StartCA, which sets process environment variables
+// for the duration of Pebble's constructors.
+var pebbleEnvMu sync.Mutex
+
+// CAOptions configures StartCA.
+type CAOptions struct {
+	// HTTPPort is the port Pebble's validator connects to for HTTP-01
+	// challenges (Caddy's HTTP port in the rig). Required.
+	HTTPPort int
+	// TLSPort is the port Pebble's validator connects to for TLS-ALPN-01
+	// challenges (Caddy's HTTPS port in the rig). Required.
+	TLSPort int
+	// DNSAddr is the DNS server ("127.0.0.1:<port>", spoken to over TCP)
+	// Pebble resolves challenge names with, normally DNS.Addr. Empty means
+	// the system resolver.
+	DNSAddr string
+	// AuthzReuse is the percentage (0–100) of new orders for which Pebble
+	// reuses a still valid authorization of the same account and
+	// identifier. Default 0, so every order needs fresh challenges.
+	AuthzReuse int
+	// AlwaysValid makes Pebble's validator accept every challenge without
+	// contacting anything.
+	AlwaysValid bool
+	// CertValidity is the lifetime of issued certificates, rounded down to
+	// whole seconds. Zero means Pebble's default.
+	CertValidity time.Duration
+	// RetryAfterAuthz and RetryAfterOrder, when non-zero, make Pebble send
+	// a Retry-After header with authorizations whose challenge is being
+	// processed and with processing orders (wfe.New's arguments).
+	RetryAfterAuthz, RetryAfterOrder int
+	// Dir is where ServerRootsFile and IssuerRootsFile are written. Empty
+	// means a new temporary directory that Close removes.
+	Dir string
+	// Log receives Pebble's log. Nil discards it.
+	Log io.Writer
+}
+
+// CA is an in-process Pebble ACME CA served over HTTPS on 127.0.0.1. Every
+// request passes a middleware that counts it (see Count, NewOrders and
+// Requests) and may answer it with an injected fault (see SetFault).
+type CA struct {
+	// DirectoryURL is the URL of the ACME directory.
+	DirectoryURL string
+	// ServerRootsFile is a PEM file with the certificate of the CA's HTTPS
+	// server, for an ACME client's trusted_roots_pem_files.
+	ServerRootsFile string
+	// IssuerRootsFile is a PEM file with the root certificate that issued
+	// chains lead to (the same as IssuerRoots), e.g. for curl --cacert.
+	IssuerRootsFile string
+
+	srv        *httptest.Server
+	store      *db.MemoryStore
+	issuerRoot *x509.Certificate
+	tempDir    string // removed on Close; empty when CAOptions.Dir was set
+
+	requests requestLog
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// StartCA starts an in-process Pebble with one ECDSA root, one intermediate
+// and a single "default" profile. Validation runs without Pebble's random
+// sleeps, no good nonce is rejected and authorizations are reused only as
+// opts.AuthzReuse says. Pebble's knobs are process environment variables
+// read while it is constructed: StartCA sets them and restores their previous
+// values before it returns, and calls to StartCA are serialized, but nothing
+// else may change those variables concurrently.
+//
+// Pebble's validator keeps a background goroutine that cannot be stopped;
+// Close stops everything else.
+func StartCA(opts CAOptions) (*CA, error) {
+	if opts.HTTPPort <= 0 || opts.TLSPort <= 0 {
+		return nil, fmt.Errorf("starting Pebble: HTTPPort (%d) and TLSPort (%d) must be set", opts.HTTPPort, opts.TLSPort)
+	}
+	if opts.AuthzReuse < 0 || opts.AuthzReuse > 100 {
+		return nil, fmt.Errorf("starting Pebble: AuthzReuse %d is not a percentage", opts.AuthzReuse)
+	}
+	logOut := opts.Log
+	if logOut == nil {
+		logOut = io.Discard
+	}
+	logger := log.New(logOut, "pebble ", log.LstdFlags)
+
+	c := &CA{store: db.NewMemoryStore()}
+	dir := opts.Dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "certflow-rig-pebble-")
+		if err != nil {
+			return nil, fmt.Errorf("starting Pebble: creating a directory for its roots: %w", err)
+		}
+		dir, c.tempDir = tmp, tmp
+	}
+
+	handler, pebbleCA, err := newPebble(logger, c.store, opts)
+	if err != nil {
+		c.removeTempDir()
+		return nil, err
+	}
+	root := pebbleCA.GetRootCert(0)
+	if root == nil || root.Cert == nil {
+		c.removeTempDir()
+		return nil, errors.New("starting Pebble: it has no root certificate")
+	}
+	c.issuerRoot = root.Cert
+
+	c.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.serveHTTP(handler, w, r)
+	}))
+	c.srv.Config.ErrorLog = log.New(logOut, "pebble-https ", log.LstdFlags)
+	c.srv.StartTLS()
+	c.DirectoryURL = c.srv.URL + wfe.DirectoryPath
+
+	c.ServerRootsFile = filepath.Join(dir, ServerRootsFileName)
+	c.IssuerRootsFile = filepath.Join(dir, IssuerRootsFileName)
+	if err := writeCertPEM(c.ServerRootsFile, c.srv.Certificate()); err != nil {
+		return nil, errors.Join(err, c.Close())
+	}
+	if err := writeCertPEM(c.IssuerRootsFile, c.issuerRoot); err != nil {
+		return nil, errors.Join(err, c.Close())
+	}
+	return c, nil
+}
+
+// newPebble constructs Pebble's CA, VA and WFE with the environment knobs
+// of opts set, and returns the WFE's ACME handler and the CA.
+func newPebble(logger *log.Logger, store *db.MemoryStore, opts CAOptions) (http.Handler, *ca.CAImpl, error) {
+	alwaysValid := "0"
+	if opts.AlwaysValid {
+		alwaysValid = "1"
+	}
+	pebbleEnvMu.Lock()
+	defer pebbleEnvMu.Unlock()
+	restore, err := setEnv(map[string]string{
+		envVANoSleep:     "1",
+		envVAAlwaysValid: alwaysValid,
+		envNonceReject:   "0",
+		envAuthzReuse:    strconv.Itoa(opts.AuthzReuse),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("starting Pebble: %w", err)
+	}
+	defer restore()
+
+	profile := ca.Profile{Description: "default"}
+	if opts.CertValidity > 0 {
+		profile.ValidityPeriod = uint64(opts.CertValidity / time.Second)
+	}
+	pebbleCA := ca.New(logger, store, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": profile})
+	pebbleVA := va.New(logger, opts.HTTPPort, opts.TLSPort, false, opts.DNSAddr, store)
+	frontEnd := wfe.New(logger, store, pebbleVA, pebbleCA, []string{pebbleCAAIdentity},
+		false, false, opts.RetryAfterAuthz, opts.RetryAfterOrder)
+	return frontEnd.Handler(), pebbleCA, nil
+}
+
+// setEnv sets the variables in vars and returns a function restoring their
+// previous values.
+func setEnv(vars map[string]string) (restore func(), err error) {
+	type prior struct {
+		value string
+		set   bool
+	}
+	saved := make(map[string]prior, len(vars))
+	restore = func() {
+		for k, p := range saved {
+			if p.set {
+				_ = os.Setenv(k, p.value)
+			} else {
+				_ = os.Unsetenv(k)
+			}
+		}
+	}
+	for k, v := range vars {
+		old, set := os.LookupEnv(k)
+		saved[k] = prior{old, set}
+		if err := os.Setenv(k, v); err != nil {
+			restore()
+			return nil, fmt.Errorf("setting %s: %w", k, err)
+		}
+	}
+	return restore, nil
+}
+
+// writeCertPEM writes cert as a PEM file at path.
+func writeCertPEM(path string, cert *x509.Certificate) error {
+	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return fmt.Errorf("writing certificate %s: %w", path, err)
+	}
+	return nil
+}
+
+// IssuerRoots returns a pool holding Pebble's issuing root, to verify the
+// chains of certificates it issued.
+func (c *CA) IssuerRoots() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AddCert(c.issuerRoot)
+	return pool
+}
+
+// ServerRoots returns a pool holding the certificate of the CA's HTTPS
+// server, to talk to the ACME API directly.
+func (c *CA) ServerRoots() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AddCert(c.srv.Certificate())
+	return pool
+}
+
+// HTTPClient returns an HTTP client that trusts the CA's HTTPS server.
+func (c *CA) HTTPClient() *http.Client {
+	return c.srv.Client()
+}
+
+// BlockDomain makes Pebble refuse orders for name and its subdomains.
+func (c *CA) BlockDomain(name string) error {
+	if err := c.store.AddBlockedDomain(name); err != nil {
+		return fmt.Errorf("blocking domain %q in Pebble: %w", name, err)
+	}
+	return nil
+}
+
+// Close stops the CA's HTTPS server (waiting for requests in flight) and
+// removes the temporary directory it created, if any. Calling it again is a
+// no-op returning the first call's result.
+func (c *CA) Close() error {
+	c.closeOnce.Do(func() {
+		c.srv.Close()
+		c.closeErr = c.removeTempDir()
+	})
+	return c.closeErr
+}
+
+// removeTempDir removes the directory StartCA created for the PEM files.
+func (c *CA) removeTempDir() error {
+	if c.tempDir == "" {
+		return nil
+	}
+	if err := os.RemoveAll(c.tempDir); err != nil {
+		return fmt.Errorf("removing Pebble's directory %s: %w", c.tempDir, err)
+	}
+	return nil
+}

@@ -1,0 +1,86 @@
+package rig
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// xdgMu guards the one-time setup of Caddy's config and data directories.
+var (
+	xdgMu   sync.Mutex
+	xdgDone bool
+)
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago: it
+// listens on 127.0.0.1:0, closes the listener and returns its port.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port on 127.0.0.1: %w", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := ln.Close(); err != nil {
+		return 0, fmt.Errorf("releasing free port %d: %w", port, err)
+	}
+	return port, nil
+}
+
+// RunCaddy loads cfgJSON into this process's Caddy instance, replacing any
+// running config (caddy.Load with forced reload). Caddy is a process
+// singleton: do not call RunCaddy or StopCaddy concurrently.
+//
+// Before the first run it points XDG_CONFIG_HOME and XDG_DATA_HOME, when
+// unset, at a new temporary directory kept for the life of the process, so
+// Caddy writes nothing under $HOME.
+func RunCaddy(cfgJSON []byte) error {
+	if err := isolateCaddyDirs(); err != nil {
+		return err
+	}
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		return fmt.Errorf("loading Caddy config: %w", err)
+	}
+	return nil
+}
+
+// StopCaddy stops this process's Caddy instance and all its apps.
+func StopCaddy() error {
+	if err := caddy.Stop(); err != nil {
+		return fmt.Errorf("stopping Caddy: %w", err)
+	}
+	return nil
+}
+
+// isolateCaddyDirs sets XDG_CONFIG_HOME and XDG_DATA_HOME, those not yet
+// set, to directories under a new temporary directory, once per process.
+func isolateCaddyDirs() error {
+	xdgMu.Lock()
+	defer xdgMu.Unlock()
+	if xdgDone {
+		return nil
+	}
+	_, haveConfig := os.LookupEnv("XDG_CONFIG_HOME")
+	_, haveData := os.LookupEnv("XDG_DATA_HOME")
+	if !haveConfig || !haveData {
+		dir, err := os.MkdirTemp("", "certflow-rig-caddy-")
+		if err != nil {
+			return fmt.Errorf("creating a directory for Caddy's config and data: %w", err)
+		}
+		if !haveConfig {
+			if err := os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config")); err != nil {
+				return fmt.Errorf("setting XDG_CONFIG_HOME: %w", err)
+			}
+		}
+		if !haveData {
+			if err := os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data")); err != nil {
+				return fmt.Errorf("setting XDG_DATA_HOME: %w", err)
+			}
+		}
+	}
+	xdgDone = true
+	return nil
+}

@@ -1,0 +1,351 @@
+package rig
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// issueTimeout bounds a handshake that waits for an on-demand certificate.
+const issueTimeout = 90 * time.Second
+
+func TestDNSAnswersOverTCPAndUDP(t *testing.T) {
+	d, err := StartDNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	long := strings.Repeat("x", 300)
+	d.SetTXT("_acme-challenge.A.test", "token", long)
+	d.SetAddrs("v6.test", netip.MustParseAddr("::1"))
+
+	for _, network := range []string{"udp", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			client := &dns.Client{Net: network, Timeout: 5 * time.Second}
+			query := func(name string, qtype uint16) *dns.Msg {
+				t.Helper()
+				m := new(dns.Msg)
+				m.SetQuestion(dns.Fqdn(name), qtype)
+				in, _, err := client.Exchange(m, d.Addr)
+				if err != nil {
+					t.Fatalf("query %s %s: %v", name, dns.TypeToString[qtype], err)
+				}
+				if in.Rcode != dns.RcodeSuccess {
+					t.Fatalf("query %s %s: rcode %s", name, dns.TypeToString[qtype], dns.RcodeToString[in.Rcode])
+				}
+				return in
+			}
+
+			in := query("anything.test", dns.TypeA)
+			if len(in.Answer) != 1 || in.Answer[0].(*dns.A).A.String() != "127.0.0.1" {
+				t.Errorf("A anything.test = %v, want 127.0.0.1", in.Answer)
+			}
+			if in := query("anything.test", dns.TypeAAAA); len(in.Answer) != 0 {
+				t.Errorf("AAAA anything.test = %v, want no answer", in.Answer)
+			}
+			in = query("_acme-challenge.a.test", dns.TypeTXT)
+			var txts []string
+			for _, rr := range in.Answer {
+				txts = append(txts, strings.Join(rr.(*dns.TXT).Txt, ""))
+			}
+			if len(txts) != 2 || txts[0] != "token" || txts[1] != long {
+				t.Errorf("TXT _acme-challenge.a.test = %q, want [token, 300×x]", txts)
+			}
+			if in := query("v6.test", dns.TypeA); len(in.Answer) != 0 {
+				t.Errorf("A v6.test = %v, want no answer", in.Answer)
+			}
+			in = query("v6.test", dns.TypeAAAA)
+			if len(in.Answer) != 1 || in.Answer[0].(*dns.AAAA).AAAA.String() != "::1" {
+				t.Errorf("AAAA v6.test = %v, want ::1", in.Answer)
+			}
+		})
+	}
+
+	d.ResetAddrs("v6.test")
+	d.SetTXT("_acme-challenge.a.test")
+	client := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion("v6.test.", dns.TypeA)
+	in, _, err := client.Exchange(m, d.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Answer) != 1 {
+		t.Errorf("A v6.test after ResetAddrs = %v, want 127.0.0.1", in.Answer)
+	}
+}
+
+func TestCACountsAndInjectsFaults(t *testing.T) {
+	c := startTestCA(t, CAOptions{HTTPPort: 1, TLSPort: 2})
+	client := c.HTTPClient()
+
+	status, _ := get(t, client, c.DirectoryURL)
+	if status != http.StatusOK {
+		t.Fatalf("GET directory: status %d", status)
+	}
+	if n := c.Count(KindDirectory); n != 1 {
+		t.Errorf("Count(directory) = %d, want 1", n)
+	}
+
+	c.SetFault(func(r *http.Request) (int, http.Header, string, bool) {
+		if KindOf(r) != KindDirectory {
+			return 0, nil, "", false
+		}
+		return http.StatusServiceUnavailable, http.Header{"Retry-After": {"1"}}, "down", true
+	})
+	status, body := get(t, client, c.DirectoryURL)
+	if status != http.StatusServiceUnavailable || body != "down" {
+		t.Errorf("faulted GET directory = %d %q, want 503 \"down\"", status, body)
+	}
+	c.SetFault(nil)
+
+	// A new-order with a bogus signature: Pebble refuses it, the rig still
+	// records the identifiers of its payload.
+	payload, err := json.Marshal(map[string]any{"identifiers": []map[string]string{
+		{"type": "dns", "value": "A.test"}, {"type": "dns", "value": "b.test"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jws, err := json.Marshal(map[string]string{
+		"protected": base64.RawURLEncoding.EncodeToString([]byte(`{}`)),
+		"payload":   base64.RawURLEncoding.EncodeToString(payload),
+		"signature": "",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orderURL := strings.TrimSuffix(c.DirectoryURL, "/dir") + "/order-plz"
+	resp, err := client.Post(orderURL, "application/jose+json", strings.NewReader(string(jws)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if got := c.NewOrders("a.test"); got != 1 {
+		t.Errorf("NewOrders(a.test) = %d, want 1", got)
+	}
+	if got := c.NewOrders("c.test"); got != 0 {
+		t.Errorf("NewOrders(c.test) = %d, want 0", got)
+	}
+
+	reqs := c.Requests()
+	if len(reqs) != 3 || !reqs[1].Faulted || reqs[1].Status != http.StatusServiceUnavailable ||
+		reqs[2].Kind != KindNewOrder || reqs[2].Faulted || reqs[2].Status < 400 {
+		t.Errorf("Requests() = %+v, want directory, faulted directory, refused new-order", reqs)
+	}
+	c.ResetCounts()
+	if n := c.Count(KindDirectory); n != 0 {
+		t.Errorf("Count(directory) after ResetCounts = %d, want 0", n)
+	}
+	if err := c.BlockDomain("blocked.test"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestLoadResources(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "certflow", "issuer-key", ResourceOrders)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{"b.json": `{"name":"b"}`, "a.json": `{"name":"a"}`} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := LoadResources(root, ResourceOrders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0]["name"] != "a" || got[1]["name"] != "b" {
+		t.Errorf("LoadResources = %v, want a then b", got)
+	}
+	if got, err := LoadResources(root, ResourceChallenges); err != nil || len(got) != 0 {
+		t.Errorf("LoadResources(challenges) = %v, %v; want none", got, err)
+	}
+}
+
+func TestCaddyConfigRejectsIncompleteConfigs(t *testing.T) {
+	for name, cfg := range map[string]CaddyConfig{
+		"no ports":       {StorageRoot: "/tmp/x"},
+		"same ports":     {HTTPPort: 1, HTTPSPort: 1, StorageRoot: "/tmp/x"},
+		"no storage":     {HTTPPort: 1, HTTPSPort: 2},
+		"no ask":         {HTTPPort: 1, HTTPSPort: 2, StorageRoot: "/tmp/x", Issuer: map[string]any{"module": "acme"}},
+		"two catch-alls": {HTTPPort: 1, HTTPSPort: 2, StorageRoot: "/tmp/x", AskURL: "http://x", Issuer: map[string]any{"module": "acme"}, Policies: []Policy{{}}},
+	} {
+		if _, err := cfg.JSON(); err == nil {
+			t.Errorf("%s: JSON() succeeded, want an error", name)
+		}
+	}
+}
+
+// TestStockACMEOnDemand proves the rig (ports, DNS, catch-all policy, trust)
+// with Caddy's stock acme issuer, once per challenge type.
+func TestStockACMEOnDemand(t *testing.T) {
+	for _, tc := range []struct{ name, disable string }{
+		{"http-01", "tls-alpn"},
+		{"tls-alpn-01", "http"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testStockACMEOnDemand(t, tc.disable)
+		})
+	}
+}
+
+func testStockACMEOnDemand(t *testing.T, disabledChallenge string) {
+	d, err := StartDNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	httpPort, httpsPort := freePorts(t)
+	dir := t.TempDir()
+	c := startTestCA(t, CAOptions{HTTPPort: httpPort, TLSPort: httpsPort, DNSAddr: d.Addr, Dir: dir})
+
+	askURL, stopAsk, err := StartAsk(func(name string) bool { return name != "denied.test" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopAsk)
+
+	storage := filepath.Join(dir, "storage")
+	logFile := filepath.Join(dir, "caddy.log")
+	cfg, err := CaddyConfig{
+		HTTPPort:    httpPort,
+		HTTPSPort:   httpsPort,
+		StorageRoot: storage,
+		AskURL:      askURL,
+		LogLevel:    "DEBUG",
+		LogFile:     logFile,
+		Issuer: map[string]any{
+			"module":                  "acme",
+			"ca":                      c.DirectoryURL,
+			"trusted_roots_pem_files": []string{c.ServerRootsFile},
+			"challenges":              map[string]any{disabledChallenge: map[string]any{"disabled": true}},
+		},
+	}.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := RunCaddy(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := StopCaddy(); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			if log, err := os.ReadFile(logFile); err == nil {
+				t.Logf("Caddy log:\n%s", log)
+			}
+		}
+	})
+
+	addr := loopback(httpsPort)
+	state, err := Handshake(addr, "a.test", c.IssuerRoots(), issueTimeout)
+	if err != nil {
+		t.Fatalf("first handshake: %v (CA requests: %+v)", err, c.Requests())
+	}
+	leaf := state.PeerCertificates[0]
+	intermediates := x509.NewCertPool()
+	for _, ic := range state.PeerCertificates[1:] {
+		intermediates.AddCert(ic)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "a.test", Roots: c.IssuerRoots(), Intermediates: intermediates}); err != nil {
+		t.Errorf("chain does not verify against Pebble's root: %v", err)
+	}
+	if n := c.NewOrders("a.test"); n != 1 {
+		t.Errorf("NewOrders(a.test) = %d, want 1", n)
+	}
+	if n := c.Count(KindFinalize); n != 1 {
+		t.Errorf("Count(finalize) = %d, want 1", n)
+	}
+
+	if _, err := Handshake(addr, "a.test", c.IssuerRoots(), 10*time.Second); err != nil {
+		t.Errorf("second handshake: %v", err)
+	}
+	if n := c.NewOrders("a.test"); n != 1 {
+		t.Errorf("NewOrders(a.test) after second handshake = %d, want 1", n)
+	}
+	status, body, err := HTTPSGet(addr, "a.test", "/", c.IssuerRoots(), 10*time.Second)
+	if err != nil || status != http.StatusOK || body != "hello from a.test" {
+		t.Errorf("GET https://a.test/ = %d %q, %v; want 200 \"hello from a.test\"", status, body, err)
+	}
+
+	if _, err := Handshake(addr, "denied.test", c.IssuerRoots(), 10*time.Second); err == nil {
+		t.Error("handshake for denied.test succeeded, want a failure")
+	}
+	if n := c.NewOrders("denied.test"); n != 0 {
+		t.Errorf("NewOrders(denied.test) = %d, want 0", n)
+	}
+}
+
+// startTestCA starts Pebble and closes it when the test ends.
+func startTestCA(t *testing.T, opts CAOptions) *CA {
+	t.Helper()
+	c, err := StartCA(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return c
+}
+
+// freePorts returns two distinct free ports on 127.0.0.1.
+func freePorts(t *testing.T) (int, int) {
+	t.Helper()
+	for range 10 {
+		a, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a != b {
+			return a, b
+		}
+	}
+	t.Fatal("FreePort kept returning the same port")
+	return 0, 0
+}
+
+// get sends GET url and returns the status and body.
+func get(t *testing.T, client *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}

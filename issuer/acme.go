@@ -1,0 +1,189 @@
+package issuer
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/mholt/acmez/v3/acme"
+)
+
+// newACMEClient builds the low-level acmez client shared by every request to
+// one CA with one account: one HTTP transport (connections and the nonce pool
+// are reused), the CA's Retry-After captured per call, and a short poll
+// interval for acmez's own finalize polling, which the CA's Retry-After
+// overrides.
+func newACMEClient(cfg AccountConfig) (*acme.Client, error) {
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	if len(cfg.TrustedRootsPEMFiles) > 0 {
+		pool := x509.NewCertPool()
+		for _, f := range cfg.TrustedRootsPEMFiles {
+			pem, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("reading trusted roots %s: %w", f, err)
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("trusted roots %s: no PEM certificate found", f)
+			}
+		}
+		tlsConfig.RootCAs = pool
+	}
+	timeout := cfg.RequestTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	transport := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       tlsConfig,
+		TLSHandshakeTimeout:   15 * time.Second,
+		ResponseHeaderTimeout: timeout,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+	return &acme.Client{
+		Directory:    cfg.CA,
+		HTTPClient:   &http.Client{Transport: retryAfterTransport{transport}, Timeout: timeout},
+		UserAgent:    "certflow",
+		PollInterval: 15 * time.Millisecond,
+		PollTimeout:  2 * time.Minute,
+	}, nil
+}
+
+// responseNote carries what acmez drops from a CA response: the Retry-After
+// header. It rides in the request's context.
+type responseNote struct {
+	mu         sync.Mutex
+	retryAfter time.Duration
+	status     int
+}
+
+type responseNoteKey struct{}
+
+func withResponseNote(ctx context.Context) (context.Context, *responseNote) {
+	n := new(responseNote)
+	return context.WithValue(ctx, responseNoteKey{}, n), n
+}
+
+func (n *responseNote) get() (time.Duration, int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.retryAfter, n.status
+}
+
+// retryAfterTransport records the Retry-After of every CA response into the
+// responseNote of the request's context, if there is one.
+type retryAfterTransport struct{ next http.RoundTripper }
+
+func (t retryAfterTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	if err != nil {
+		return resp, err
+	}
+	if n, ok := req.Context().Value(responseNoteKey{}).(*responseNote); ok {
+		d := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		n.mu.Lock()
+		n.retryAfter, n.status = d, resp.StatusCode
+		n.mu.Unlock()
+	}
+	return resp, nil
+}
+
+// parseRetryAfter reads a Retry-After value: seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
+		return time.Duration(secs) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// isFinalError decides "fail for good" versus "retry later" for an error of
+// a CA call: the CA refusing the request (a 4xx problem other than rate
+// limiting and bad nonces) is final; network errors, 5xx, 429 and timeouts
+// of one request are transient.
+func isFinalError(err error) bool {
+	var prob acme.Problem
+	if errors.As(err, &prob) {
+		switch {
+		case prob.Status == http.StatusTooManyRequests, prob.Type == acme.ProblemTypeRateLimited:
+			return false
+		case prob.Type == acme.ProblemTypeBadNonce:
+			return false
+		case prob.Status >= 500:
+			return false
+		case prob.Status >= 400:
+			return true
+		}
+	}
+	return false
+}
+
+// problemDetail is the CA's own words for an error, if it is an ACME problem.
+func problemDetail(err error) string {
+	var prob acme.Problem
+	if errors.As(err, &prob) {
+		if prob.Detail != "" {
+			return prob.Detail
+		}
+		return prob.Type
+	}
+	return err.Error()
+}
+
+// callCA runs one CA request, retrying transient failures with capped,
+// jittered exponential backoff (or the CA's Retry-After when it gives one),
+// at most attempts times and never past ctx.
+func callCA(ctx context.Context, step string, fn func(ctx context.Context) error) error {
+	const attempts = 4
+	wait := 100 * time.Millisecond
+	var err error
+	for i := 0; i < attempts; i++ {
+		callCtx, note := withResponseNote(ctx)
+		if err = fn(callCtx); err == nil {
+			return nil
+		}
+		if isFinalError(err) || ctx.Err() != nil || i == attempts-1 {
+			break
+		}
+		d := wait + rand.N(wait/2)
+		if ra, _ := note.get(); ra > 0 {
+			d = ra
+		}
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (while waiting to retry after: %w)", step, ctx.Err(), err)
+		case <-time.After(d):
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
+	return fmt.Errorf("%s: %w", step, err)
+}
+
+// pollWait returns how long to wait before poll number n (0-based): start
+// within milliseconds and double up to a cap, unless the CA said otherwise.
+func pollWait(n int, retryAfter time.Duration) time.Duration {
+	if retryAfter > 0 {
+		return retryAfter
+	}
+	d := 5 * time.Millisecond << min(n, 8)
+	return min(d, time.Second)
+}

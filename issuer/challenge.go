@@ -1,0 +1,321 @@
+package issuer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/certflow/certflow/solvers"
+)
+
+// errChallengeFailed marks a challenge that reached a final failed state:
+// the order cannot be completed and is not retried as is.
+var errChallengeFailed = errors.New("challenge failed")
+
+// authzFreshness is how old a read of the authorization may be and still
+// count as the challenge's sync when it was scheduled without waiting.
+const authzFreshness = 2 * time.Second
+
+// challengeRun reconciles one Challenge through its lifecycle:
+// queued → scheduled → synced → presented → self-checked → accepted →
+// valid/invalid/errored. Every transition is written to storage.
+type challengeRun struct {
+	r      *orderRun
+	ch     *Challenge
+	solver solvers.Solver
+	chal   acme.Challenge
+	logger *zap.Logger
+	last   time.Time // when the last transition happened, for "took"
+}
+
+// solve runs the challenge to a final state. authz was read at readAt.
+func (r *orderRun) solve(ctx context.Context, ch *Challenge, authz acme.Authorization, readAt time.Time) error {
+	w := r.w
+	c := &challengeRun{
+		r:      r,
+		ch:     ch,
+		solver: w.opts.Solvers[ch.Type],
+		logger: w.logger.With(zapOrder(r.order.ID), zapChallenge(ch.ID), zap.String("type", ch.Type)),
+		last:   time.Now(),
+	}
+	if c.solver == nil {
+		return c.finish(ctx, ChallengeErrored, fmt.Sprintf("no solver for challenge type %s", ch.Type))
+	}
+	if err := c.transition(ctx, ChallengeQueued, ""); err != nil {
+		return err
+	}
+
+	var key string
+	if k, ok := c.solver.(solvers.ExclusionKeyer); ok {
+		key = k.ExclusionKey(acme.Challenge{Type: ch.Type, Identifier: authz.Identifier, Token: ch.Token})
+	}
+	release, err := w.engine.scheduler.Acquire(ctx, Ticket{Created: ch.Created, Urgent: ch.OnDemand, Key: key})
+	if err != nil {
+		return c.finish(ctx, ChallengeErrored, err.Error())
+	}
+	defer release()
+
+	// a challenge stuck past its deadline frees its slot and fails
+	liveCtx, cancel := context.WithTimeout(ctx, w.opts.ChallengeTimeout)
+	defer cancel()
+	if err := c.transition(liveCtx, ChallengeScheduled, ""); err != nil {
+		return err
+	}
+	err = c.live(liveCtx, authz, readAt)
+	if err != nil && liveCtx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+		return c.finish(ctx, ChallengeErrored, fmt.Sprintf("challenge exceeded its deadline of %s while %s: %v",
+			w.opts.ChallengeTimeout, c.ch.State, err))
+	}
+	return err
+}
+
+// live runs the scheduled part of the lifecycle.
+func (c *challengeRun) live(ctx context.Context, authz acme.Authorization, readAt time.Time) error {
+	w := c.r.w
+
+	// synced: the state is read through the authorization URL (some CAs
+	// treat a POST to the challenge URL as "accept")
+	if time.Since(readAt) > authzFreshness {
+		if err := callCA(ctx, "syncing authorization "+c.ch.AuthorizationURL, func(ctx context.Context) error {
+			var err error
+			authz, err = w.engine.client.GetAuthorization(ctx, w.acct, c.ch.AuthorizationURL)
+			return err
+		}); err != nil {
+			return c.fail(ctx, err)
+		}
+	}
+	switch authz.Status {
+	case acme.StatusValid:
+		return c.finish(ctx, ChallengeValid, "authorization already valid")
+	case acme.StatusPending:
+	default:
+		return c.finish(ctx, ChallengeInvalid, "authorization is "+authz.Status+" at the CA")
+	}
+	chal, ok := findChallenge(authz, c.ch.Type)
+	if !ok {
+		return c.finish(ctx, ChallengeErrored, "the authorization no longer offers "+c.ch.Type)
+	}
+	c.chal = chal
+	if chal.Status == acme.StatusProcessing || chal.Status == acme.StatusValid {
+		// accepted before (a resumed workflow): just wait for the result
+		c.ch.State = ChallengeAccepted
+		return c.await(ctx)
+	}
+	if err := c.transition(ctx, ChallengeSynced, ""); err != nil {
+		return err
+	}
+
+	// presented
+	memo, err := c.solver.Present(ctx, chal)
+	if err != nil {
+		return c.fail(ctx, fmt.Errorf("presenting: %w", err))
+	}
+	c.ch.Presented = memo
+	defer c.cleanUp(ctx)
+	if err := c.transition(ctx, ChallengePresented, ""); err != nil {
+		return err
+	}
+
+	// self-checked
+	if !w.opts.SelfCheckDisabled {
+		if err := c.selfCheck(ctx); err != nil {
+			return c.finish(ctx, ChallengeErrored, err.Error())
+		}
+	}
+	if err := c.transition(ctx, ChallengeSelfChecked, ""); err != nil {
+		return err
+	}
+
+	// accepted
+	if err := callCA(ctx, "accepting challenge "+chal.URL, func(ctx context.Context) error {
+		_, err := w.engine.client.InitiateChallenge(ctx, w.acct, chal)
+		return err
+	}); err != nil {
+		return c.fail(ctx, err)
+	}
+	if err := c.transition(ctx, ChallengeAccepted, ""); err != nil {
+		return err
+	}
+	return c.await(ctx)
+}
+
+// selfCheck runs the solver's check at once and then on an interval until
+// it passes or the self-check timeout ends, recording each failure's reason.
+func (c *challengeRun) selfCheck(ctx context.Context) error {
+	opts := c.r.w.opts
+	checkCtx, cancel := context.WithTimeout(ctx, opts.SelfCheckTimeout)
+	defer cancel()
+	for {
+		err := c.solver.SelfCheck(checkCtx, c.chal)
+		if err == nil {
+			return nil
+		}
+		c.ch.SelfChecks++
+		if err := c.record(ctx, "self-check failed: "+err.Error()); err != nil {
+			return err
+		}
+		if c.ch.SelfChecks == 1 || c.ch.SelfChecks%10 == 0 {
+			c.logger.Warn("self-check failed; retrying", zapState(c.ch.State), zapReason(err.Error()),
+				zap.Int("attempts", c.ch.SelfChecks), zap.Duration("interval", opts.SelfCheckInterval))
+		}
+		select {
+		case <-checkCtx.Done():
+			if ctx.Err() != nil {
+				return fmt.Errorf("self-check interrupted: %w; last reason: %v", ctx.Err(), err)
+			}
+			return fmt.Errorf("self-check did not pass within %s: %v", opts.SelfCheckTimeout, err)
+		case <-time.After(opts.SelfCheckInterval):
+		}
+	}
+}
+
+// await polls the authorization until the CA has decided, starting within
+// milliseconds and backing off, or waiting as long as the CA's Retry-After.
+func (c *challengeRun) await(ctx context.Context) error {
+	w := c.r.w
+	for n := 0; ; n++ {
+		var authz acme.Authorization
+		var retryAfter time.Duration
+		err := callCA(ctx, "polling authorization "+c.ch.AuthorizationURL, func(ctx context.Context) error {
+			var err error
+			authz, err = w.engine.client.GetAuthorization(ctx, w.acct, c.ch.AuthorizationURL)
+			if note, ok := ctx.Value(responseNoteKey{}).(*responseNote); ok {
+				retryAfter, _ = note.get()
+			}
+			return err
+		})
+		if err != nil {
+			return c.fail(ctx, err)
+		}
+		switch authz.Status {
+		case acme.StatusValid:
+			return c.finish(ctx, ChallengeValid, "")
+		case acme.StatusPending:
+			// still validating; if our challenge already failed the
+			// authorization will not become valid
+			if chal, ok := findChallenge(authz, c.ch.Type); ok && chal.Status == acme.StatusInvalid {
+				return c.invalid(ctx, chal)
+			}
+		default:
+			chal, _ := findChallenge(authz, c.ch.Type)
+			return c.invalid(ctx, chal)
+		}
+		select {
+		case <-ctx.Done():
+			return c.fail(ctx, fmt.Errorf("waiting for the CA to validate: %w", ctx.Err()))
+		case <-time.After(pollWait(n, retryAfter)):
+		}
+	}
+}
+
+func (c *challengeRun) invalid(ctx context.Context, chal acme.Challenge) error {
+	c.r.w.failedType = c.ch.Type
+	reason := "the CA could not validate the challenge"
+	if chal.Error != nil {
+		reason = "the CA could not validate the challenge: " + problemText(chal.Error)
+	}
+	return c.finish(ctx, ChallengeInvalid, reason)
+}
+
+// fail ends the challenge after an error of a CA call or a step: a CA
+// refusal makes it invalid, anything else errored. The error is returned.
+func (c *challengeRun) fail(ctx context.Context, err error) error {
+	state := ChallengeErrored
+	if isFinalError(err) {
+		state = ChallengeInvalid
+	}
+	if finishErr := c.finish(ctx, state, err.Error()); finishErr != nil && !errors.Is(finishErr, errChallengeFailed) {
+		return finishErr
+	}
+	if state == ChallengeInvalid {
+		return fmt.Errorf("%w: %w", errChallengeFailed, err)
+	}
+	return err
+}
+
+// finish moves the challenge to a final state. Failing states return
+// errChallengeFailed (invalid) or an error with the reason (errored).
+func (c *challengeRun) finish(ctx context.Context, state, reason string) error {
+	saveCtx, cancel := detached(ctx)
+	defer cancel()
+	c.ch.Times.Finished = time.Now()
+	if err := c.transition(saveCtx, state, reason); err != nil {
+		return err
+	}
+	switch state {
+	case ChallengeValid:
+		return nil
+	case ChallengeInvalid:
+		return fmt.Errorf("%w: %s: %s", errChallengeFailed, c.ch.Name, reason)
+	default:
+		return fmt.Errorf("challenge for %s errored: %s", c.ch.Name, reason)
+	}
+}
+
+// cleanUp removes what was presented, whatever the outcome, detached from
+// ctx so it also runs when the request was cancelled.
+func (c *challengeRun) cleanUp(ctx context.Context) {
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	if err := c.solver.CleanUp(ctx, c.chal, c.ch.Presented); err != nil {
+		c.logger.Warn("cleaning up presented challenge", zap.Error(err))
+		return
+	}
+	c.ch.CleanedUp = true
+	if err := c.save(ctx); err != nil {
+		c.logger.Warn("recording challenge clean-up", zap.Error(err))
+	}
+}
+
+// transition writes a new state and logs it with the time since the last one.
+func (c *challengeRun) transition(ctx context.Context, state, reason string) error {
+	now := time.Now()
+	c.ch.State, c.ch.Reason = state, reason
+	t := &c.ch.Times
+	switch state {
+	case ChallengeScheduled:
+		t.Scheduled = now
+	case ChallengeSynced:
+		t.Synced = now
+	case ChallengePresented:
+		t.Presented = now
+	case ChallengeSelfChecked:
+		t.SelfChecked = now
+	case ChallengeAccepted:
+		t.Accepted = now
+	}
+	if err := c.save(ctx); err != nil {
+		return err
+	}
+	fields := []zap.Field{zapState(state), zapTook(now.Sub(c.last))}
+	if reason != "" {
+		fields = append(fields, zapReason(reason))
+	}
+	c.logger.Info("challenge "+state, fields...)
+	c.last = now
+	return nil
+}
+
+// record writes a new reason without changing the state.
+func (c *challengeRun) record(ctx context.Context, reason string) error {
+	c.ch.Reason = reason
+	return c.save(ctx)
+}
+
+func (c *challengeRun) save(ctx context.Context) error {
+	c.ch.Version, c.ch.Updated = SchemaVersion, time.Now()
+	return c.r.w.store.save(ctx, KindChallenge, c.ch.ID, c.ch)
+}
+
+func findChallenge(authz acme.Authorization, typ string) (acme.Challenge, bool) {
+	for _, c := range authz.Challenges {
+		if c.Type == typ {
+			return c, true
+		}
+	}
+	return acme.Challenge{}, false
+}

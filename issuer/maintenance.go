@@ -1,0 +1,146 @@
+package issuer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// maintenance is the background work for one (storage, issuer key): keeping
+// the history within the retention bounds. One per engine and storage.
+type maintenance struct {
+	cancel context.CancelFunc
+	opts   chanOptions
+}
+
+type chanOptions chan *Options
+
+// retentionInterval is how often the history is trimmed.
+const retentionInterval = time.Hour
+
+// storageIdentity names a storage value well enough to tell two apart.
+func storageIdentity(o *Options) string {
+	if s, ok := o.Storage.(fmt.Stringer); ok {
+		return fmt.Sprintf("%T:%s|%s", o.Storage, s.String(), o.IssuerKey)
+	}
+	return fmt.Sprintf("%T:%p|%s", o.Storage, o.Storage, o.IssuerKey)
+}
+
+// ensureSentinel writes the store's sentinel once per process.
+func (e *Engine) ensureSentinel(ctx context.Context, s store) error {
+	id := fmt.Sprintf("%T:%p|%s", s.storage, s.storage, s.issuerKey)
+	if _, ok := e.sentinels.Load(id); ok {
+		return nil
+	}
+	if err := s.ensureSentinel(ctx); err != nil {
+		return err
+	}
+	e.sentinels.Store(id, true)
+	return nil
+}
+
+// StartMaintenance starts (once per storage and issuer key) the background
+// trimming of finished resources, or hands newer options to the running one.
+func (e *Engine) StartMaintenance(opts *Options) {
+	id := storageIdentity(opts)
+	e.maintMu.Lock()
+	defer e.maintMu.Unlock()
+	if m, ok := e.maint[id]; ok {
+		select {
+		case m.opts <- opts:
+		default:
+		}
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &maintenance{cancel: cancel, opts: make(chanOptions, 1)}
+	e.maint[id] = m
+	go m.run(ctx, opts)
+}
+
+func (e *Engine) stopMaintenance() {
+	e.maintMu.Lock()
+	defer e.maintMu.Unlock()
+	for id, m := range e.maint {
+		m.cancel()
+		delete(e.maint, id)
+	}
+}
+
+func (m *maintenance) run(ctx context.Context, opts *Options) {
+	// first pass shortly after start, not during the config load
+	timer := time.NewTimer(30 * time.Second)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case o := <-m.opts:
+			opts = o
+		case <-timer.C:
+			trimHistory(ctx, store{storage: opts.Storage, issuerKey: opts.IssuerKey}, opts, time.Now())
+			timer.Reset(retentionInterval)
+		}
+	}
+}
+
+// trimHistory deletes finished resources beyond the retention bounds, oldest
+// first, one key at a time (not every backend deletes a prefix recursively).
+// Resources still in flight are never deleted; name records are never
+// trimmed (they hold the failure backoff).
+func trimHistory(ctx context.Context, s store, opts *Options, now time.Time) {
+	for _, kind := range []string{KindRequest, KindOrder, KindChallenge} {
+		ids, err := s.list(ctx, kind)
+		if err != nil {
+			opts.Logger.Warn("listing resources for retention", zap.String("kind", kind), zap.Error(err))
+			continue
+		}
+		excess := len(ids) - opts.RetentionCount
+		deleted := 0
+		for i, id := range ids {
+			created, ok := idTime(id)
+			tooOld := ok && now.Sub(created) > opts.RetentionAge
+			if i >= excess && !tooOld {
+				break // ids are oldest first: the rest are within bounds
+			}
+			final, err := isFinished(ctx, s, kind, id)
+			if err != nil || !final {
+				continue
+			}
+			if err := s.delete(ctx, kind, id); err != nil {
+				opts.Logger.Warn("deleting resource for retention", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
+				continue
+			}
+			deleted++
+		}
+		if deleted > 0 {
+			opts.Logger.Info("trimmed history", zap.String("kind", kind), zap.Int("deleted", deleted), zap.Int("kept", len(ids)-deleted))
+		}
+	}
+}
+
+// isFinished reports whether a stored resource is in a final state.
+func isFinished(ctx context.Context, s store, kind, id string) (bool, error) {
+	var head struct {
+		State string `json:"state"`
+	}
+	err := s.load(ctx, kind, id, &head)
+	if errors.Is(err, ErrCorrupt) {
+		return false, err // set aside by load; nothing left to delete
+	}
+	if err != nil {
+		return false, err
+	}
+	switch kind {
+	case KindRequest:
+		return head.State == RequestReady || head.State == RequestFailed, nil
+	case KindOrder:
+		return head.State == OrderValid || head.State == OrderInvalid || head.State == OrderErrored, nil
+	case KindChallenge:
+		return isFinalChallengeState(head.State), nil
+	}
+	return false, nil
+}

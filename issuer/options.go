@@ -1,0 +1,93 @@
+package issuer
+
+import (
+	"crypto/x509"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/certflow/certflow/solvers"
+)
+
+// Options are the settings of one automation policy. They travel with each
+// request, so two sites using certflow with different settings on the same
+// CA never see each other's, and a reload applies to new requests only.
+type Options struct {
+	// Storage is the policy's certmagic storage: resources, tokens and
+	// accounts live there.
+	Storage certmagic.Storage
+	// IssuerKey is the issuer's key; it prefixes every stored resource.
+	IssuerKey string
+	// ChallengeTypes are the enabled types, most preferred first.
+	ChallengeTypes []string
+	// Solvers by challenge type.
+	Solvers map[string]solvers.Solver
+
+	SelfCheckDisabled bool
+	// SelfCheckInterval is the wait between failed self-checks.
+	SelfCheckInterval time.Duration
+	// SelfCheckTimeout bounds how long a self-check may keep failing.
+	SelfCheckTimeout time.Duration
+	// ChallengeTimeout bounds a challenge from scheduled to final.
+	ChallengeTimeout time.Duration
+
+	// BackoffInitial and BackoffMax shape the failure backoff per name.
+	BackoffInitial, BackoffMax time.Duration
+
+	// RetentionCount and RetentionAge bound the kept history.
+	RetentionCount int
+	RetentionAge   time.Duration
+
+	Logger *zap.Logger
+}
+
+// Documented defaults.
+const (
+	DefaultSelfCheckInterval = 2 * time.Second
+	DefaultSelfCheckTimeout  = 2 * time.Minute
+	DefaultChallengeTimeout  = 5 * time.Minute
+	DefaultBackoffInitial    = time.Minute
+	DefaultBackoffMax        = 6 * time.Hour
+	DefaultRetentionCount    = 1000
+	DefaultRetentionAge      = 7 * 24 * time.Hour
+)
+
+// SetDefaults fills zero values with the documented defaults.
+func (o *Options) SetDefaults() {
+	if o.SelfCheckInterval <= 0 {
+		o.SelfCheckInterval = DefaultSelfCheckInterval
+	}
+	if o.SelfCheckTimeout <= 0 {
+		o.SelfCheckTimeout = DefaultSelfCheckTimeout
+	}
+	if o.ChallengeTimeout <= 0 {
+		o.ChallengeTimeout = DefaultChallengeTimeout
+	}
+	if o.BackoffInitial <= 0 {
+		o.BackoffInitial = DefaultBackoffInitial
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = DefaultBackoffMax
+	}
+	if o.BackoffMax < o.BackoffInitial {
+		o.BackoffMax = o.BackoffInitial
+	}
+	if o.RetentionCount <= 0 {
+		o.RetentionCount = DefaultRetentionCount
+	}
+	if o.RetentionAge <= 0 {
+		o.RetentionAge = DefaultRetentionAge
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+}
+
+// Request is one call of certmagic's Issue.
+type Request struct {
+	CSR *x509.CertificateRequest
+	// OnDemand is true when a TLS handshake is waiting for the result.
+	OnDemand bool
+	Options  *Options
+}

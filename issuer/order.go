@@ -1,0 +1,394 @@
+package issuer
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+)
+
+// orderRun reconciles one Order: authorizations → challenges → finalize.
+type orderRun struct {
+	w     *workflow
+	mu    sync.Mutex // guards order: its challenges are solved concurrently
+	order *Order
+	acme  acme.Order
+}
+
+// resumeOrCreateOrder resumes the name's stored Order if it is still usable,
+// that is, not yet finalized (the CSR's key only lives as long as this
+// process, so a finalized order is useless to a later request), and creates
+// a new one otherwise.
+func (w *workflow) resumeOrCreateOrder(ctx context.Context) (*orderRun, error) {
+	if id := w.rec.CurrentOrder; id != "" {
+		run, err := w.resumeOrder(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if run != nil {
+			return run, nil
+		}
+	}
+	return w.createOrder(ctx)
+}
+
+// resumeOrder returns nil (and no error) when the stored order is not usable.
+func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error) {
+	var o Order
+	err := w.store.load(ctx, KindOrder, id, &o)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := w.store.confirmAbsent(ctx, w.store.key(KindOrder, id)); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	case errors.Is(err, ErrCorrupt):
+		w.logger.Warn("stored order is corrupt; creating a new one", zapOrder(id), zap.Error(err))
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	if o.State != OrderPending && o.State != OrderReady {
+		return nil, nil
+	}
+	var fresh acme.Order
+	err = callCA(ctx, "reading order "+o.URL, func(ctx context.Context) error {
+		var err error
+		fresh, err = w.engine.client.GetOrder(ctx, w.acct, acme.Order{Location: o.URL})
+		return err
+	})
+	if err != nil {
+		if isFinalError(err) {
+			w.replaceOrder(ctx, &o, "the CA no longer serves it: "+problemDetail(err))
+			return nil, nil
+		}
+		return nil, err
+	}
+	if fresh.Status != acme.StatusPending && fresh.Status != acme.StatusReady {
+		w.replaceOrder(ctx, &o, "it is "+fresh.Status+" at the CA")
+		return nil, nil
+	}
+	fresh.Location = o.URL
+	o.Request, o.State = w.cr.ID, fresh.Status
+	run := &orderRun{w: w, order: &o, acme: fresh}
+	if err := run.save(ctx); err != nil {
+		return nil, err
+	}
+	w.logger.Info("resuming order", zapOrder(o.ID), zapState(o.State), zapRequest(w.cr.ID))
+	return run, nil
+}
+
+func (w *workflow) replaceOrder(ctx context.Context, o *Order, why string) {
+	o.State, o.Reason = OrderErrored, "replaced by a new order: "+why
+	o.Updated = time.Now()
+	if err := w.store.save(ctx, KindOrder, o.ID, o); err != nil {
+		w.logger.Warn("recording replaced order", zapOrder(o.ID), zap.Error(err))
+	}
+	w.logger.Info("replacing order", zapOrder(o.ID), zapReason(o.Reason))
+}
+
+func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
+	start := time.Now()
+	var created acme.Order
+	err := callCA(ctx, "creating order", func(ctx context.Context) error {
+		var err error
+		created, err = w.engine.client.NewOrder(ctx, w.acct, acme.Order{Identifiers: w.ids})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	o := &Order{
+		Version:        SchemaVersion,
+		ID:             newID(now),
+		Request:        w.cr.ID,
+		Name:           w.name,
+		Identifiers:    identifierValues(w.ids),
+		URL:            created.Location,
+		Authorizations: created.Authorizations,
+		Finalize:       created.Finalize,
+		State:          created.Status,
+		Expires:        created.Expires,
+		Created:        now,
+	}
+	run := &orderRun{w: w, order: o, acme: created}
+	if err := run.save(ctx); err != nil {
+		return nil, err
+	}
+	w.rec.CurrentOrder = o.ID
+	if err := w.saveNameRecord(ctx); err != nil {
+		return nil, err
+	}
+	w.logger.Info("order created", zapOrder(o.ID), zapState(o.State), zapRequest(w.cr.ID),
+		zap.Int("authorizations", len(o.Authorizations)), zapTook(now.Sub(start)))
+	return run, nil
+}
+
+func (r *orderRun) save(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.order.Version, r.order.Updated = SchemaVersion, time.Now()
+	return r.w.store.save(ctx, KindOrder, r.order.ID, r.order)
+}
+
+func (r *orderRun) setState(ctx context.Context, state, reason string) error {
+	r.mu.Lock()
+	r.order.State, r.order.Reason = state, reason
+	r.mu.Unlock()
+	return r.save(ctx)
+}
+
+// fail records a final order failure, detached from ctx, and returns err.
+func (r *orderRun) fail(ctx context.Context, state string, err error) error {
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	if saveErr := r.setState(ctx, state, err.Error()); saveErr != nil {
+		r.w.logger.Error("recording failed order", zapOrder(r.order.ID), zap.Error(saveErr))
+	}
+	r.w.logger.Error("order failed", zapOrder(r.order.ID), zapState(state), zapReason(err.Error()))
+	if state == OrderInvalid || state == OrderErrored {
+		r.w.rec.CurrentOrder = ""
+	}
+	return err
+}
+
+// complete solves every authorization the CA does not already hold as
+// valid, then finalizes the order and downloads the chain.
+func (r *orderRun) complete(ctx context.Context) (*certmagic.IssuedCertificate, error) {
+	if r.acme.Status == acme.StatusPending {
+		if err := r.authorize(ctx); err != nil {
+			state := OrderPending // transient: the order stays resumable
+			if isFinalError(err) || errors.Is(err, errChallengeFailed) {
+				state = OrderInvalid
+			}
+			if state == OrderPending {
+				if saveErr := r.setState(context.WithoutCancel(ctx), OrderPending, err.Error()); saveErr != nil {
+					r.w.logger.Error("recording order error", zapOrder(r.order.ID), zap.Error(saveErr))
+				}
+				return nil, err
+			}
+			return nil, r.fail(ctx, state, err)
+		}
+	}
+	return r.finalize(ctx)
+}
+
+// authorize solves the order's authorizations concurrently; an
+// authorization that is already valid needs no Challenge.
+func (r *orderRun) authorize(ctx context.Context) error {
+	urls := r.acme.Authorizations
+	errs := make([]error, len(urls))
+	var wg sync.WaitGroup
+	for i, u := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = r.authorizeOne(ctx, u)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (r *orderRun) authorizeOne(ctx context.Context, authzURL string) error {
+	w := r.w
+	var authz acme.Authorization
+	err := callCA(ctx, "reading authorization "+authzURL, func(ctx context.Context) error {
+		var err error
+		authz, err = w.engine.client.GetAuthorization(ctx, w.acct, authzURL)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	read := time.Now()
+	switch authz.Status {
+	case acme.StatusValid:
+		r.mu.Lock()
+		r.order.ReusedAuthzs++
+		r.mu.Unlock()
+		w.logger.Info("authorization already valid; no challenge needed",
+			zapOrder(r.order.ID), zap.String("identifier", authz.IdentifierValue()))
+		return r.save(ctx)
+	case acme.StatusPending:
+	default:
+		return fmt.Errorf("%w: authorization for %s is %s at the CA", errChallengeFailed, authz.IdentifierValue(), authz.Status)
+	}
+
+	ch, err := r.challengeFor(ctx, authz)
+	if err != nil {
+		return err
+	}
+	return r.solve(ctx, ch, authz, read)
+}
+
+// challengeFor returns the order's Challenge for this authorization: the
+// stored one when resuming, else a new queued one of the preferred type.
+func (r *orderRun) challengeFor(ctx context.Context, authz acme.Authorization) (*Challenge, error) {
+	w := r.w
+	r.mu.Lock()
+	ids := append([]string(nil), r.order.Challenges...)
+	r.mu.Unlock()
+	for _, id := range ids {
+		var ch Challenge
+		if err := w.store.load(ctx, KindChallenge, id, &ch); err != nil {
+			if errors.Is(err, ErrStorage) {
+				return nil, err
+			}
+			continue // missing or set aside: start that challenge clean
+		}
+		if ch.AuthorizationURL == authz.Location && !isFinalChallengeState(ch.State) {
+			return &ch, nil
+		}
+	}
+
+	chosen, ok := r.pickChallenge(authz)
+	if !ok {
+		return nil, fmt.Errorf("%w: the CA offers no enabled challenge type for %s (offered: %s; enabled: %v)",
+			errChallengeFailed, authz.IdentifierValue(), offeredTypes(authz), w.opts.ChallengeTypes)
+	}
+	now := time.Now()
+	ch := &Challenge{
+		Version:          SchemaVersion,
+		ID:               newID(now),
+		Order:            r.order.ID,
+		Name:             authz.IdentifierValue(),
+		Wildcard:         authz.Wildcard,
+		Type:             chosen.Type,
+		Token:            chosen.Token,
+		AuthorizationURL: authz.Location,
+		URL:              chosen.URL,
+		State:            ChallengeQueued,
+		OnDemand:         w.req.OnDemand,
+		Created:          now,
+	}
+	r.mu.Lock()
+	r.order.Challenges = append(r.order.Challenges, ch.ID)
+	r.mu.Unlock()
+	if err := r.save(ctx); err != nil {
+		return nil, err
+	}
+	return ch, nil
+}
+
+// pickChallenge chooses the first enabled type the CA offers, starting from
+// the name's current preference (rotated after a failed validation).
+func (r *orderRun) pickChallenge(authz acme.Authorization) (acme.Challenge, bool) {
+	types := r.w.opts.ChallengeTypes
+	offset := r.w.rec.TypeOffset
+	for i := range types {
+		t := types[(offset+i)%len(types)]
+		if _, ok := r.w.opts.Solvers[t]; !ok {
+			continue
+		}
+		for _, c := range authz.Challenges {
+			if c.Type == t {
+				return c, true
+			}
+		}
+	}
+	return acme.Challenge{}, false
+}
+
+func offeredTypes(authz acme.Authorization) []string {
+	var out []string
+	for _, c := range authz.Challenges {
+		out = append(out, c.Type)
+	}
+	return out
+}
+
+// finalize sends the CSR, waits for the certificate, downloads the chain and
+// checks that it is for the CSR's key.
+func (r *orderRun) finalize(ctx context.Context) (*certmagic.IssuedCertificate, error) {
+	w := r.w
+	start := time.Now()
+	if err := r.setState(ctx, OrderProcessing, ""); err != nil {
+		return nil, err
+	}
+	finalized := r.acme
+	err := callCA(ctx, "finalizing order "+r.order.URL, func(ctx context.Context) error {
+		var err error
+		finalized, err = w.engine.client.FinalizeOrder(ctx, w.acct, r.acme, w.req.CSR.Raw)
+		return err
+	})
+	if err != nil {
+		if isFinalError(err) {
+			return nil, r.fail(ctx, OrderInvalid, err)
+		}
+		return nil, r.fail(ctx, OrderErrored, err)
+	}
+	if finalized.Status != acme.StatusValid {
+		return nil, r.fail(ctx, OrderInvalid, fmt.Errorf("order is %s after finalizing: %s", finalized.Status, problemText(finalized.Error)))
+	}
+	r.mu.Lock()
+	r.order.Certificate, r.order.Finalized = finalized.Certificate, time.Now()
+	r.mu.Unlock()
+
+	var chains []acme.Certificate
+	err = callCA(ctx, "downloading certificate "+finalized.Certificate, func(ctx context.Context) error {
+		var err error
+		chains, err = w.engine.client.GetCertificateChain(ctx, w.acct, finalized.Certificate)
+		return err
+	})
+	if err != nil {
+		return nil, r.fail(ctx, OrderErrored, err)
+	}
+	if len(chains) == 0 {
+		return nil, r.fail(ctx, OrderErrored, errors.New("the CA returned no certificate chain"))
+	}
+	chain := chains[0]
+	if err := leafMatchesCSR(chain.ChainPEM, w.req.CSR); err != nil {
+		return nil, r.fail(ctx, OrderErrored, err)
+	}
+	if err := r.setState(ctx, OrderValid, ""); err != nil {
+		w.logger.Error("recording valid order", zapOrder(r.order.ID), zap.Error(err))
+	}
+	w.logger.Info("order finalized", zapOrder(r.order.ID), zapState(OrderValid), zapTook(time.Since(start)))
+	return &certmagic.IssuedCertificate{Certificate: chain.ChainPEM, Metadata: chain}, nil
+}
+
+// leafMatchesCSR makes sure the chain's leaf certifies the CSR's public key:
+// a chain for any other key would be useless to certmagic.
+func leafMatchesCSR(chainPEM []byte, csr *x509.CertificateRequest) error {
+	block, _ := pem.Decode(chainPEM)
+	if block == nil {
+		return errors.New("the CA's chain holds no PEM certificate")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return fmt.Errorf("parsing the CA's leaf certificate: %w", err)
+	}
+	want, err := x509.MarshalPKIXPublicKey(csr.PublicKey)
+	if err != nil {
+		return fmt.Errorf("encoding the CSR's public key: %w", err)
+	}
+	got, err := x509.MarshalPKIXPublicKey(leaf.PublicKey)
+	if err != nil {
+		return fmt.Errorf("encoding the leaf's public key: %w", err)
+	}
+	if !bytes.Equal(want, got) {
+		return errors.New("the CA's leaf certificate is for another public key than the CSR's")
+	}
+	return nil
+}
+
+func problemText(p *acme.Problem) string {
+	if p == nil {
+		return "no reason given"
+	}
+	if p.Detail != "" {
+		return p.Detail
+	}
+	return p.Type
+}

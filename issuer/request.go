@@ -1,0 +1,219 @@
+package issuer
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+)
+
+// workflow is one Issue call: a CertificateRequest being reconciled.
+type workflow struct {
+	engine  *Engine
+	opts    *Options
+	store   store
+	req     Request
+	ids     []acme.Identifier
+	name    string
+	logger  *zap.Logger
+	started time.Time
+
+	acct acme.Account
+	rec  *NameRecord
+	cr   *CertificateRequest
+
+	// failedType is the challenge type whose validation the CA refused, so
+	// the next attempt for the name starts with the next enabled type.
+	failedType string
+}
+
+// saveTimeout bounds writes that must happen even when the request's
+// context is done (recording a failure, cleaning up).
+const saveTimeout = 15 * time.Second
+
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
+}
+
+func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error) {
+	if err := w.engine.ensureSentinel(ctx, w.store); err != nil {
+		return nil, fmt.Errorf("%s: %w", w.name, err)
+	}
+	rec, err := w.loadNameRecord(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", w.name, err)
+	}
+	w.rec = rec
+
+	now := time.Now()
+	if w.req.OnDemand && now.Before(rec.NextAttempt) {
+		// a name that just failed is not re-ordered on every handshake
+		return nil, certmagic.ErrNoRetry{Err: fmt.Errorf("%s: backing off after %d failed attempt(s), last: %s; next attempt at %s",
+			w.name, rec.Failures, rec.LastError, rec.NextAttempt.UTC().Format(time.RFC3339))}
+	}
+
+	w.cr = &CertificateRequest{
+		Version:     SchemaVersion,
+		ID:          newID(now),
+		Name:        w.name,
+		Identifiers: identifierValues(w.ids),
+		CSR:         string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: w.req.CSR.Raw})),
+		OnDemand:    w.req.OnDemand,
+		State:       RequestPending,
+		Attempt:     rec.Failures + 1,
+		Created:     now,
+		Updated:     now,
+	}
+	if err := w.saveRequest(ctx); err != nil {
+		return nil, fmt.Errorf("%s: %w", w.name, err)
+	}
+	w.logger.Info("certificate request created", zapRequest(w.cr.ID), zapState(w.cr.State),
+		zap.Bool("on_demand", w.req.OnDemand), zap.Int("attempt", w.cr.Attempt))
+
+	issued, err := w.obtain(ctx)
+	if err != nil {
+		return nil, w.recordFailure(ctx, err)
+	}
+	w.recordSuccess(ctx)
+	return issued, nil
+}
+
+// obtain runs the Order to completion and returns the chain.
+func (w *workflow) obtain(ctx context.Context) (*certmagic.IssuedCertificate, error) {
+	acct, err := w.engine.account(ctx, w.opts.Storage)
+	if err != nil {
+		return nil, fmt.Errorf("ACME account: %w", err)
+	}
+	w.acct = acct
+
+	o, err := w.resumeOrCreateOrder(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w.cr.Order = o.order.ID
+	if err := w.saveRequest(ctx); err != nil {
+		return nil, err
+	}
+	return o.complete(ctx)
+}
+
+func (w *workflow) recordSuccess(ctx context.Context) {
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	now := time.Now()
+	w.cr.State, w.cr.Reason, w.cr.Updated = RequestReady, "", now
+	w.cr.Took = Duration(now.Sub(w.started))
+	if err := w.saveRequest(ctx); err != nil {
+		w.logger.Error("recording issued certificate request", zapRequest(w.cr.ID), zap.Error(err))
+	}
+	w.rec.Failures, w.rec.NextAttempt, w.rec.LastError, w.rec.CurrentOrder = 0, time.Time{}, "", ""
+	if err := w.saveNameRecord(ctx); err != nil {
+		w.logger.Error("recording name after issuance", zap.Error(err))
+	}
+	w.logger.Info("certificate issued", zapRequest(w.cr.ID), zapOrder(w.cr.Order),
+		zapState(RequestReady), zapTook(now.Sub(w.started)))
+}
+
+// recordFailure marks the CertificateRequest failed, sets the name's next
+// allowed attempt (doubling backoff), and returns the error certmagic gets:
+// ErrNoRetry for on-demand requests (the backoff owns the retry schedule),
+// a normal error for managed names (certmagic's retry ladder keeps going).
+func (w *workflow) recordFailure(ctx context.Context, cause error) error {
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	now := time.Now()
+	reason := cause.Error()
+
+	w.rec.Failures++
+	wait := backoffFor(w.rec.Failures, w.opts.BackoffInitial, w.opts.BackoffMax)
+	w.rec.NextAttempt = now.Add(wait)
+	w.rec.LastError = reason
+	if w.failedType != "" {
+		w.rec.TypeOffset = nextTypeOffset(w.opts.ChallengeTypes, w.failedType)
+	}
+	if err := w.saveNameRecord(ctx); err != nil {
+		w.logger.Error("recording failure backoff", zap.Error(err))
+	}
+
+	w.cr.State, w.cr.Reason, w.cr.Updated = RequestFailed, reason, now
+	w.cr.NextAttempt = w.rec.NextAttempt
+	w.cr.Took = Duration(now.Sub(w.started))
+	if err := w.saveRequest(ctx); err != nil {
+		w.logger.Error("recording failed certificate request", zapRequest(w.cr.ID), zap.Error(err))
+	}
+	w.logger.Error("certificate request failed", zapRequest(w.cr.ID), zapOrder(w.cr.Order),
+		zapState(RequestFailed), zapReason(reason), zapTook(now.Sub(w.started)),
+		zap.Int("failures", w.rec.Failures), zap.Time("next_attempt", w.rec.NextAttempt))
+
+	err := fmt.Errorf("%s: %w (next attempt at %s)", w.name, cause, w.rec.NextAttempt.UTC().Format(time.RFC3339))
+	if w.req.OnDemand {
+		return certmagic.ErrNoRetry{Err: err}
+	}
+	return err
+}
+
+// backoffFor is the wait after the n-th consecutive failure (n ≥ 1).
+func backoffFor(n int, initial, max time.Duration) time.Duration {
+	d := initial
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
+}
+
+// nextTypeOffset rotates the type preference past the type that failed.
+func nextTypeOffset(types []string, failed string) int {
+	for i, t := range types {
+		if t == failed {
+			return (i + 1) % len(types)
+		}
+	}
+	return 0
+}
+
+func (w *workflow) loadNameRecord(ctx context.Context) (*NameRecord, error) {
+	var rec NameRecord
+	err := w.store.load(ctx, kindNames, w.name, &rec)
+	switch {
+	case err == nil:
+		return &rec, nil
+	case errors.Is(err, fs.ErrNotExist):
+		// absence is not proof: make sure the store answers before
+		// treating the name as new (which forgets any backoff)
+		if err := w.store.confirmAbsent(ctx, w.store.key(kindNames, w.name)); err != nil {
+			return nil, err
+		}
+	case errors.Is(err, ErrCorrupt):
+		w.logger.Warn("name record is corrupt; starting clean", zap.Error(err))
+	default:
+		return nil, err
+	}
+	return &NameRecord{Version: SchemaVersion, Name: w.name}, nil
+}
+
+func (w *workflow) saveNameRecord(ctx context.Context) error {
+	w.rec.Version, w.rec.Updated = SchemaVersion, time.Now()
+	if w.cr != nil {
+		w.rec.LastRequest = w.cr.ID
+	}
+	return w.store.save(ctx, kindNames, w.name, w.rec)
+}
+
+func (w *workflow) saveRequest(ctx context.Context) error {
+	w.cr.Updated = time.Now()
+	return w.store.save(ctx, KindRequest, w.cr.ID, w.cr)
+}
+
+func identifierValues(ids []acme.Identifier) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = id.Value
+	}
+	return out
+}

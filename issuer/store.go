@@ -1,0 +1,150 @@
+package issuer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+)
+
+// store reads and writes certflow's resources in a certmagic.Storage under
+// certflow/<issuer key>/. Each resource is one JSON object with a schema
+// version, written whole by a single Store call, so a reader sees either the
+// old or the new object, never a mix. Writers of a name's resources run inside
+// certmagic's issue_cert_<name> lock, which makes them the only writer.
+type store struct {
+	storage   certmagic.Storage
+	issuerKey string
+}
+
+// ErrStorage marks a failure of the storage itself; the step is retried.
+var ErrStorage = errors.New("storage error")
+
+// ErrCorrupt marks a stored resource that cannot be decoded or has an
+// unknown schema version; it is set aside and the workflow starts clean.
+var ErrCorrupt = errors.New("corrupt stored resource")
+
+func (s store) prefix() string {
+	return path.Join("certflow", certmagic.StorageKeys.Safe(s.issuerKey))
+}
+
+func (s store) key(kind, id string) string {
+	return path.Join(s.prefix(), kind, certmagic.StorageKeys.Safe(id)+".json")
+}
+
+func (s store) sentinelKey() string { return path.Join(s.prefix(), "sentinel") }
+
+// load decodes the resource kind/id into v. A missing resource returns an
+// error satisfying errors.Is(err, fs.ErrNotExist); a resource that does not
+// decode, or has another schema version, is moved aside and returns ErrCorrupt.
+func (s store) load(ctx context.Context, kind, id string, v any) error {
+	key := s.key(kind, id)
+	b, err := s.storage.Load(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("loading %s: %w", key, fs.ErrNotExist)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: loading %s: %w", ErrStorage, key, err)
+	}
+	var head struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return s.setAside(ctx, key, b, fmt.Errorf("decoding: %w", err))
+	}
+	if head.Version != SchemaVersion {
+		return s.setAside(ctx, key, b, fmt.Errorf("schema version %d, want %d", head.Version, SchemaVersion))
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return s.setAside(ctx, key, b, fmt.Errorf("decoding: %w", err))
+	}
+	return nil
+}
+
+// setAside keeps a corrupt resource under corrupt/ for an operator to look
+// at, removes it from its place so the workflow can start clean, and reports
+// both keys.
+func (s store) setAside(ctx context.Context, key string, b []byte, cause error) error {
+	aside := path.Join(s.prefix(), "corrupt", time.Now().UTC().Format("20060102T150405.000000000Z")+"-"+path.Base(key))
+	if err := s.storage.Store(ctx, aside, b); err != nil {
+		return fmt.Errorf("%w: %s: %w (could not set it aside: %w)", ErrCorrupt, key, cause, err)
+	}
+	if err := s.storage.Delete(ctx, key); err != nil {
+		return fmt.Errorf("%w: %s: %w (copied to %s, but could not remove it: %w)", ErrCorrupt, key, cause, aside, err)
+	}
+	return fmt.Errorf("%w: %s: %w (set aside as %s)", ErrCorrupt, key, cause, aside)
+}
+
+// save writes the resource whole.
+func (s store) save(ctx context.Context, kind, id string, v any) error {
+	key := s.key(kind, id)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", key, err)
+	}
+	if err := s.storage.Store(ctx, key, b); err != nil {
+		return fmt.Errorf("%w: storing %s: %w", ErrStorage, key, err)
+	}
+	return nil
+}
+
+func (s store) delete(ctx context.Context, kind, id string) error {
+	key := s.key(kind, id)
+	if err := s.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: deleting %s: %w", ErrStorage, key, err)
+	}
+	return nil
+}
+
+// ensureSentinel writes the sentinel once, so that later a missing resource
+// can be told apart from a store that is not answering.
+func (s store) ensureSentinel(ctx context.Context) error {
+	key := s.sentinelKey()
+	if _, err := s.storage.Load(ctx, key); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: loading %s: %w", ErrStorage, key, err)
+	}
+	if err := s.storage.Store(ctx, key, []byte("certflow")); err != nil {
+		return fmt.Errorf("%w: storing %s: %w", ErrStorage, key, err)
+	}
+	return nil
+}
+
+// confirmAbsent is called when a resource was not found, before acting on
+// its absence: some backends report an unreachable store as "not found", so
+// the sentinel written earlier must still read back.
+func (s store) confirmAbsent(ctx context.Context, missing string) error {
+	if _, err := s.storage.Load(ctx, s.sentinelKey()); err != nil {
+		return fmt.Errorf("%w: %s reads as missing, but the store is not answering (sentinel %s: %w)",
+			ErrStorage, missing, s.sentinelKey(), err)
+	}
+	return nil
+}
+
+// list returns the IDs of the stored resources of a kind, oldest first.
+func (s store) list(ctx context.Context, kind string) ([]string, error) {
+	dir := path.Join(s.prefix(), kind)
+	keys, err := s.storage.List(ctx, dir, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: listing %s: %w", ErrStorage, dir, err)
+	}
+	ids := make([]string, 0, len(keys))
+	for _, k := range keys {
+		base := path.Base(k)
+		if path.Ext(base) == ".json" {
+			ids = append(ids, base[:len(base)-len(".json")])
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}

@@ -1,0 +1,48 @@
+// Package solvers holds one small type per ACME challenge type. A solver makes
+// a challenge answerable (Present), checks from outside that it is answered
+// the way the CA will look (SelfCheck), and removes what it presented
+// (CleanUp). The workflow engine drives solvers; they keep no state between
+// calls except what Present returns for the engine to persist.
+package solvers
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/mholt/acmez/v3/acme"
+)
+
+// Solver solves one challenge type.
+//
+// The challenge passed to every method has Token, KeyAuthorization and
+// Identifier filled in (acme.Client.GetAuthorization does this).
+type Solver interface {
+	// Present makes the challenge answerable. It MUST be safe to call again
+	// for a challenge already presented (a resumed workflow does that), and
+	// it MUST NOT remove answers presented by someone else for the same
+	// identifier. What it returns is persisted with the challenge and handed
+	// back to CleanUp, possibly in another process: it MUST NOT contain
+	// secrets.
+	Present(ctx context.Context, chal acme.Challenge) (memo json.RawMessage, err error)
+
+	// SelfCheck reports whether the challenge is answered as the CA will
+	// see it. A nil error means the check passed; otherwise the error is the
+	// human-readable reason, recorded on the challenge and retried on an
+	// interval. It MUST return once ctx is done.
+	SelfCheck(ctx context.Context, chal acme.Challenge) error
+
+	// CleanUp removes what Present made. memo is what Present returned (nil
+	// if Present never returned). It MUST NOT fail when there is nothing to
+	// remove, and MUST remove only what this challenge presented.
+	CleanUp(ctx context.Context, chal acme.Challenge, memo json.RawMessage) error
+}
+
+// ExclusionKeyer is implemented by solvers whose challenges must not run at
+// the same time as another challenge with the same key (for example a DNS
+// provider that cannot hold two TXT values for one record name). The
+// scheduler holds back a challenge while another live one has its key.
+type ExclusionKeyer interface {
+	// ExclusionKey returns the key, or "" when the challenge can run
+	// alongside any other.
+	ExclusionKey(chal acme.Challenge) string
+}
