@@ -254,6 +254,7 @@ func testStockACMEOnDemand(t *testing.T, disabledChallenge string) {
 		if err := StopCaddy(); err != nil {
 			t.Error(err)
 		}
+		if b, err := os.ReadFile(logFile); err == nil { _ = os.WriteFile("/tmp/riglog-"+disabledChallenge, b, 0o644) }
 		if t.Failed() {
 			if log, err := os.ReadFile(logFile); err == nil {
 				t.Logf("Caddy log:\n%s", log)
