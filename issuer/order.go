@@ -121,6 +121,10 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 		Expires:        created.Expires,
 		Created:        now,
 	}
+	if created.Status == acme.StatusReady {
+		// the CA already holds every authorization as valid: no challenge
+		o.ReusedAuthzs = len(created.Authorizations)
+	}
 	run := &orderRun{w: w, order: o, acme: created}
 	if err := run.save(ctx); err != nil {
 		return nil, err
@@ -130,7 +134,8 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 		return nil, err
 	}
 	w.logger.Info("order created", zapOrder(o.ID), zapState(o.State), zapRequest(w.cr.ID),
-		zap.Int("authorizations", len(o.Authorizations)), zapTook(now.Sub(start)))
+		zap.Int("authorizations", len(o.Authorizations)), zap.Int("reused_authorizations", o.ReusedAuthzs),
+		zapTook(now.Sub(start)))
 	return run, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -134,20 +135,30 @@ func StartCA(opts CAOptions) (*CA, error) {
 
 	handler, pebbleCA, err := newPebble(logger, c.store, opts)
 	if err != nil {
-		c.removeTempDir()
-		return nil, err
+		return nil, errors.Join(err, c.removeTempDir())
 	}
 	root := pebbleCA.GetRootCert(0)
 	if root == nil || root.Cert == nil {
-		c.removeTempDir()
-		return nil, errors.New("starting Pebble: it has no root certificate")
+		return nil, errors.Join(errors.New("starting Pebble: it has no root certificate"), c.removeTempDir())
 	}
 	c.issuerRoot = root.Cert
 
-	c.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c.serveHTTP(handler, w, r)
-	}))
-	c.srv.Config.ErrorLog = log.New(logOut, "pebble-https ", log.LstdFlags)
+	// The listener is bound here rather than by httptest, which panics when
+	// it cannot listen.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("starting Pebble: listening on 127.0.0.1:0: %w", err), c.removeTempDir())
+	}
+	c.srv = &httptest.Server{
+		Listener: ln,
+		Config: &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				c.serveHTTP(handler, w, r)
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          log.New(logOut, "pebble-https ", log.LstdFlags),
+		},
+	}
 	c.srv.StartTLS()
 	c.DirectoryURL = c.srv.URL + wfe.DirectoryPath
 

@@ -195,20 +195,71 @@ func TestCaddyConfigRejectsIncompleteConfigs(t *testing.T) {
 	}
 }
 
+func TestCaddyConfigPolicies(t *testing.T) {
+	certflow := map[string]any{"module": "certflow"}
+	cfg, err := CaddyConfig{
+		HTTPPort: 1, HTTPSPort: 2, StorageRoot: "/tmp/x", AskURL: "http://ask",
+		Issuer:   certflow,
+		Policies: []Policy{{Subjects: []string{"managed.test"}, Issuers: []map[string]any{{"module": "acme"}}}},
+		Automate: []string{"managed.test"},
+	}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Admin struct {
+			Disabled bool `json:"disabled"`
+		} `json:"admin"`
+		Apps struct {
+			TLS struct {
+				Automation struct {
+					Policies []struct {
+						Subjects []string         `json:"subjects"`
+						Issuers  []map[string]any `json:"issuers"`
+						OnDemand bool             `json:"on_demand"`
+					} `json:"policies"`
+					OnDemand struct {
+						Permission map[string]string `json:"permission"`
+					} `json:"on_demand"`
+				} `json:"automation"`
+				Certificates struct {
+					Automate []string `json:"automate"`
+				} `json:"certificates"`
+			} `json:"tls"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	tls := got.Apps.TLS
+	ps := tls.Automation.Policies
+	if !got.Admin.Disabled || len(ps) != 2 ||
+		ps[0].Subjects[0] != "managed.test" || ps[0].OnDemand || ps[0].Issuers[0]["module"] != "acme" ||
+		len(ps[1].Subjects) != 0 || !ps[1].OnDemand || ps[1].Issuers[0]["module"] != "certflow" ||
+		tls.Automation.OnDemand.Permission["endpoint"] != "http://ask" ||
+		len(tls.Certificates.Automate) != 1 {
+		t.Errorf("config = %s", data)
+	}
+}
+
 // TestStockACMEOnDemand proves the rig (ports, DNS, catch-all policy, trust)
 // with Caddy's stock acme issuer, once per challenge type.
 func TestStockACMEOnDemand(t *testing.T) {
-	for _, tc := range []struct{ name, disable string }{
+	for _, tc := range []struct{ used, disabled string }{
 		{"http-01", "tls-alpn"},
 		{"tls-alpn-01", "http"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			testStockACMEOnDemand(t, tc.disable)
+		t.Run(tc.used, func(t *testing.T) {
+			testStockACMEOnDemand(t, tc.disabled, tc.used)
 		})
 	}
 }
 
-func testStockACMEOnDemand(t *testing.T, disabledChallenge string) {
+func testStockACMEOnDemand(t *testing.T, disabledChallenge, usedChallenge string) {
 	d, err := StartDNS()
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +305,6 @@ func testStockACMEOnDemand(t *testing.T, disabledChallenge string) {
 		if err := StopCaddy(); err != nil {
 			t.Error(err)
 		}
-		if b, err := os.ReadFile(logFile); err == nil { _ = os.WriteFile("/tmp/riglog-"+disabledChallenge, b, 0o644) }
 		if t.Failed() {
 			if log, err := os.ReadFile(logFile); err == nil {
 				t.Logf("Caddy log:\n%s", log)
@@ -281,6 +331,9 @@ func testStockACMEOnDemand(t *testing.T, disabledChallenge string) {
 	if n := c.Count(KindFinalize); n != 1 {
 		t.Errorf("Count(finalize) = %d, want 1", n)
 	}
+	if !servedChallenge(t, logFile, usedChallenge) {
+		t.Errorf("Caddy's log shows no %s challenge answer", usedChallenge)
+	}
 
 	if _, err := Handshake(addr, "a.test", c.IssuerRoots(), 10*time.Second); err != nil {
 		t.Errorf("second handshake: %v", err)
@@ -293,12 +346,48 @@ func testStockACMEOnDemand(t *testing.T, disabledChallenge string) {
 		t.Errorf("GET https://a.test/ = %d %q, %v; want 200 \"hello from a.test\"", status, body, err)
 	}
 
+	// The HTTP server on HTTPPort redirects everything but challenges.
+	noFollow := &http.Client{
+		Timeout:       10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	req, err := http.NewRequest(http.MethodGet, "http://"+loopback(httpPort)+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "a.test"
+	resp, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatalf("GET http://a.test/: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusPermanentRedirect {
+		t.Errorf("GET http://a.test/ = %d, want a 308 redirect to HTTPS", resp.StatusCode)
+	}
+
 	if _, err := Handshake(addr, "denied.test", c.IssuerRoots(), 10*time.Second); err == nil {
 		t.Error("handshake for denied.test succeeded, want a failure")
 	}
 	if n := c.NewOrders("denied.test"); n != 0 {
 		t.Errorf("NewOrders(denied.test) = %d, want 0", n)
 	}
+}
+
+// servedChallenge reports whether Caddy's JSON log at logFile shows it
+// answered a challenge of type challengeType.
+func servedChallenge(t *testing.T, logFile, challengeType string) bool {
+	t.Helper()
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatalf("reading Caddy's log: %v", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, `"served key authentication`) &&
+			strings.Contains(line, `"challenge":"`+challengeType+`"`) {
+			return true
+		}
+	}
+	return false
 }
 
 // startTestCA starts Pebble and closes it when the test ends.
