@@ -121,8 +121,17 @@ func (c *challengeRun) live(ctx context.Context, authz acme.Authorization, readA
 	}
 
 	// self-checked
-	if !w.opts.SelfCheckDisabled {
-		if err := c.selfCheck(ctx); err != nil {
+	tuning := c.selfCheckTuning()
+	if tuning.Delay > 0 {
+		c.logger.Info("waiting before the self-check", zap.Duration("delay", tuning.Delay))
+		select {
+		case <-ctx.Done():
+			return c.fail(ctx, fmt.Errorf("waiting %s before the self-check: %w", tuning.Delay, ctx.Err()))
+		case <-time.After(tuning.Delay):
+		}
+	}
+	if !tuning.Skip {
+		if err := c.selfCheck(ctx, tuning); err != nil {
 			return c.finish(ctx, ChallengeErrored, err.Error())
 		}
 	}
@@ -145,9 +154,8 @@ func (c *challengeRun) live(ctx context.Context, authz acme.Authorization, readA
 
 // selfCheck runs the solver's check at once and then on an interval until
 // it passes or the self-check timeout ends, recording each failure's reason.
-func (c *challengeRun) selfCheck(ctx context.Context) error {
-	opts := c.r.w.opts
-	checkCtx, cancel := context.WithTimeout(ctx, opts.SelfCheckTimeout)
+func (c *challengeRun) selfCheck(ctx context.Context, tuning solvers.SelfCheckTuning) error {
+	checkCtx, cancel := context.WithTimeout(ctx, tuning.Timeout)
 	defer cancel()
 	for {
 		err := c.solver.SelfCheck(checkCtx, c.chal)
@@ -160,15 +168,15 @@ func (c *challengeRun) selfCheck(ctx context.Context) error {
 		}
 		if c.ch.SelfChecks == 1 || c.ch.SelfChecks%10 == 0 {
 			c.logger.Warn("self-check failed; retrying", zapState(c.ch.State), zapReason(err.Error()),
-				zap.Int("attempts", c.ch.SelfChecks), zap.Duration("interval", opts.SelfCheckInterval))
+				zap.Int("attempts", c.ch.SelfChecks), zap.Duration("interval", tuning.Interval))
 		}
 		select {
 		case <-checkCtx.Done():
 			if ctx.Err() != nil {
 				return fmt.Errorf("self-check interrupted: %w; last reason: %v", ctx.Err(), err)
 			}
-			return fmt.Errorf("self-check did not pass within %s: %v", opts.SelfCheckTimeout, err)
-		case <-time.After(opts.SelfCheckInterval):
+			return fmt.Errorf("self-check did not pass within %s: %v", tuning.Timeout, err)
+		case <-time.After(tuning.Interval):
 		}
 	}
 }
@@ -318,4 +326,21 @@ func findChallenge(authz acme.Authorization, typ string) (acme.Challenge, bool) 
 		}
 	}
 	return acme.Challenge{}, false
+}
+
+// selfCheckTuning is the solver's own schedule where it has one (DNS-01),
+// else the issuer's self_check settings.
+func (c *challengeRun) selfCheckTuning() solvers.SelfCheckTuning {
+	opts := c.r.w.opts
+	t := solvers.SelfCheckTuning{Skip: opts.SelfCheckDisabled}
+	if tuner, ok := c.solver.(solvers.SelfCheckTuner); ok {
+		t = tuner.SelfCheckTuning()
+	}
+	if t.Interval <= 0 {
+		t.Interval = opts.SelfCheckInterval
+	}
+	if t.Timeout <= 0 {
+		t.Timeout = opts.SelfCheckTimeout
+	}
+	return t
 }

@@ -8,6 +8,7 @@ package solvers
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/mholt/acmez/v3/acme"
 )
@@ -45,4 +46,25 @@ type ExclusionKeyer interface {
 	// ExclusionKey returns the key, or "" when the challenge can run
 	// alongside any other.
 	ExclusionKey(chal acme.Challenge) string
+}
+
+// SelfCheckTuner is implemented by solvers whose self-check follows its own
+// schedule rather than the issuer's self_check settings (DNS-01's
+// propagation_delay and propagation_timeout, as in the stock acme issuer).
+type SelfCheckTuner interface {
+	SelfCheckTuning() SelfCheckTuning
+}
+
+// SelfCheckTuning is a solver's own self-check schedule. Zero durations keep
+// the issuer's settings.
+type SelfCheckTuning struct {
+	// Skip the self-check entirely.
+	Skip bool
+	// Delay is a fixed wait after presenting, before the first check (or
+	// before accepting, when the check is skipped).
+	Delay time.Duration
+	// Interval between failed checks.
+	Interval time.Duration
+	// Timeout bounds how long the check may keep failing.
+	Timeout time.Duration
 }
