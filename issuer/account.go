@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path"
 	"strings"
@@ -33,6 +34,41 @@ type AccountConfig struct {
 	TrustedRootsPEMFiles []string
 	// RequestTimeout bounds each HTTP request to the CA.
 	RequestTimeout time.Duration
+	// OrderRateLimit holds new orders to at most OrderRateLimit.Orders per
+	// OrderRateLimit.Window for this account in this process. Zero means
+	// the default for well-known CAs (Let's Encrypt: 300 per 3 hours);
+	// Disabled turns it off.
+	OrderRateLimit OrderRateLimit
+}
+
+// OrderRateLimit is a sliding-window limit on new orders.
+type OrderRateLimit struct {
+	Orders   int
+	Window   time.Duration
+	Disabled bool
+}
+
+// publishedOrderLimits are the new-orders limits that public CAs publish,
+// by directory host.
+var publishedOrderLimits = map[string]OrderRateLimit{
+	"acme-v02.api.letsencrypt.org":         {Orders: 300, Window: 3 * time.Hour},
+	"acme-staging-v02.api.letsencrypt.org": {Orders: 300, Window: 3 * time.Hour},
+}
+
+func (c AccountConfig) orderRateLimit() (int, time.Duration) {
+	l := c.OrderRateLimit
+	if l.Disabled {
+		return 0, 0
+	}
+	if l.Orders > 0 && l.Window > 0 {
+		return l.Orders, l.Window
+	}
+	if u, err := url.Parse(c.CA); err == nil {
+		if d, ok := publishedOrderLimits[u.Hostname()]; ok {
+			return d.Orders, d.Window
+		}
+	}
+	return 0, 0
 }
 
 // poolKey identifies the account; it never includes secrets.
@@ -42,7 +78,8 @@ func (c AccountConfig) poolKey() string {
 		eabID = c.EAB.KeyID
 	}
 	return strings.Join([]string{c.CA, strings.ToLower(c.Email), c.AccountKeyFile, eabID,
-		strings.Join(c.TrustedRootsPEMFiles, ","), c.RequestTimeout.String()}, "|")
+		strings.Join(c.TrustedRootsPEMFiles, ","), c.RequestTimeout.String(),
+		fmt.Sprint(c.OrderRateLimit)}, "|")
 }
 
 // accountUser is the folder name of the account in certmagic's layout: the

@@ -70,6 +70,10 @@ type responseNote struct {
 
 type responseNoteKey struct{}
 
+// observerKey carries the request's Observer to the transport, which is
+// shared by every policy using the account.
+type observerKey struct{}
+
 func withResponseNote(ctx context.Context) (context.Context, *responseNote) {
 	n := new(responseNote)
 	return context.WithValue(ctx, responseNoteKey{}, n), n
@@ -86,7 +90,15 @@ func (n *responseNote) get() (time.Duration, int) {
 type retryAfterTransport struct{ next http.RoundTripper }
 
 func (t retryAfterTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
 	resp, err := t.next.RoundTrip(req)
+	if obs, ok := req.Context().Value(observerKey{}).(Observer); ok {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		obs.CAResponded(status, time.Since(start))
+	}
 	if err != nil {
 		return resp, err
 	}
@@ -146,10 +158,40 @@ func problemDetail(err error) string {
 	return err.Error()
 }
 
+// RateLimitedError is a 429 from the CA, with the time it said to wait for.
+type RateLimitedError struct {
+	Until time.Time
+	Err   error
+}
+
+func (e *RateLimitedError) Error() string {
+	return fmt.Sprintf("rate limited by the CA until %s: %v", e.Until.UTC().Format(time.RFC3339), e.Err)
+}
+
+func (e *RateLimitedError) Unwrap() error { return e.Err }
+
+// defaultRateLimitWait is assumed when a 429 carries no Retry-After.
+const defaultRateLimitWait = time.Minute
+
+func isRateLimited(err error) bool {
+	var prob acme.Problem
+	return errors.As(err, &prob) && (prob.Status == http.StatusTooManyRequests || prob.Type == acme.ProblemTypeRateLimited)
+}
+
 // callCA runs one CA request, retrying transient failures with capped,
 // jittered exponential backoff (or the CA's Retry-After when it gives one),
-// at most attempts times and never past ctx.
+// at most 4 times and never past ctx.
 func callCA(ctx context.Context, step string, fn func(ctx context.Context) error) error {
+	return callCAWith(ctx, step, true, fn)
+}
+
+// callCANoWaitOn429 is callCA, except that a 429 is returned at once as a
+// *RateLimitedError, so the caller can hold back every request of its kind.
+func callCANoWaitOn429(ctx context.Context, step string, fn func(ctx context.Context) error) error {
+	return callCAWith(ctx, step, false, fn)
+}
+
+func callCAWith(ctx context.Context, step string, wait429 bool, fn func(ctx context.Context) error) error {
 	const attempts = 4
 	wait := 100 * time.Millisecond
 	var err error
@@ -158,12 +200,19 @@ func callCA(ctx context.Context, step string, fn func(ctx context.Context) error
 		if err = fn(callCtx); err == nil {
 			return nil
 		}
+		retryAfter, _ := note.get()
+		if isRateLimited(err) && !wait429 {
+			if retryAfter <= 0 {
+				retryAfter = defaultRateLimitWait
+			}
+			return fmt.Errorf("%s: %w", step, &RateLimitedError{Until: time.Now().Add(retryAfter), Err: err})
+		}
 		if isFinalError(err) || ctx.Err() != nil || i == attempts-1 {
 			break
 		}
 		d := wait + rand.N(wait/2)
-		if ra, _ := note.get(); ra > 0 {
-			d = ra
+		if retryAfter > 0 {
+			d = retryAfter
 		}
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d {
 			break

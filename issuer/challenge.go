@@ -55,7 +55,8 @@ func (r *orderRun) solve(ctx context.Context, ch *Challenge, authz acme.Authoriz
 	}
 	release, err := w.engine.scheduler.Acquire(ctx, Ticket{Created: ch.Created, Urgent: ch.OnDemand, Key: key})
 	if err != nil {
-		return c.finish(ctx, ChallengeErrored, err.Error())
+		_ = c.finish(ctx, ChallengeErrored, err.Error())
+		return fmt.Errorf("challenge for %s: %w", ch.Name, err)
 	}
 	defer release()
 
@@ -299,6 +300,7 @@ func (c *challengeRun) transition(ctx context.Context, state, reason string) err
 	if err := c.save(ctx); err != nil {
 		return err
 	}
+	c.r.w.observer().ChallengeChanged(*c.ch, now.Sub(c.last))
 	fields := []zap.Field{zapState(state), zapTook(now.Sub(c.last))}
 	if reason != "" {
 		fields = append(fields, zapReason(reason))

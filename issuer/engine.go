@@ -26,6 +26,10 @@ type Engine struct {
 	accountMu sync.Mutex
 	acct      *acme.Account
 
+	limiter *orderLimiter // nil when there is no order rate limit
+	blockMu sync.Mutex
+	block   blockRecord // the CA's latest Retry-After for new orders
+
 	sentinels sync.Map // storages whose sentinel this process has confirmed
 
 	maintMu sync.Mutex
@@ -65,6 +69,7 @@ func AcquireEngine(cfg AccountConfig, logger *zap.Logger) (*Engine, string, erro
 		logger:    logger,
 		scheduler: DefaultScheduler(),
 		maint:     map[string]*maintenance{},
+		limiter:   newOrderLimiter(cfg.orderRateLimit()),
 	}
 	engines[key] = &pooledEngine{engine: e, refs: 1}
 	return e, key, nil

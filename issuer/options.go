@@ -40,6 +40,9 @@ type Options struct {
 	RetentionAge   time.Duration
 
 	Logger *zap.Logger
+
+	// Observer, if set, is told about every transition.
+	Observer Observer
 }
 
 // Documented defaults.

@@ -22,6 +22,8 @@ type orderRun struct {
 	mu    sync.Mutex // guards order: its challenges are solved concurrently
 	order *Order
 	acme  acme.Order
+
+	lastChange time.Time // of the order's state, for "took"
 }
 
 // resumeOrCreateOrder resumes the name's stored Order if it is still usable,
@@ -57,7 +59,14 @@ func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error
 	case err != nil:
 		return nil, err
 	}
-	if o.State != OrderPending && o.State != OrderReady {
+	switch o.State {
+	case OrderPending, OrderReady:
+	case OrderProcessing:
+		// finalized (or being finalized) with the CSR of an earlier
+		// attempt, whose private key is gone: useless to this request
+		w.replaceOrder(ctx, &o, "it was finalized with the key of an earlier attempt")
+		return nil, nil
+	default:
 		return nil, nil
 	}
 	var fresh acme.Order
@@ -79,7 +88,7 @@ func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error
 	}
 	fresh.Location = o.URL
 	o.Request, o.State = w.cr.ID, fresh.Status
-	run := &orderRun{w: w, order: &o, acme: fresh}
+	run := &orderRun{w: w, order: &o, acme: fresh, lastChange: time.Now()}
 	if err := run.save(ctx); err != nil {
 		return nil, err
 	}
@@ -96,16 +105,38 @@ func (w *workflow) replaceOrder(ctx context.Context, o *Order, why string) {
 	w.logger.Info("replacing order", zapOrder(o.ID), zapReason(o.Reason))
 }
 
+// maxRateLimitedOrderAttempts bounds new-order attempts that meet a 429.
+const maxRateLimitedOrderAttempts = 3
+
 func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
-	start := time.Now()
 	var created acme.Order
-	err := callCA(ctx, "creating order", func(ctx context.Context) error {
-		var err error
-		created, err = w.engine.client.NewOrder(ctx, w.acct, acme.Order{Identifiers: w.ids})
-		return err
-	})
-	if err != nil {
-		return nil, err
+	var start time.Time
+	for attempt := 1; ; attempt++ {
+		if err := w.waitForOrderSlot(ctx); err != nil {
+			return nil, err
+		}
+		start = time.Now()
+		err := callCANoWaitOn429(ctx, "creating order", func(ctx context.Context) error {
+			var err error
+			created, err = w.engine.client.NewOrder(ctx, w.acct, acme.Order{Identifiers: w.ids})
+			return err
+		})
+		var limited *RateLimitedError
+		if errors.As(err, &limited) {
+			// no new order for this account, on any node, before the
+			// CA's Retry-After has passed
+			w.engine.recordBlock(ctx, w.store, limited.Until, problemDetail(limited.Err))
+			w.observer().BackoffStarted(w.name, limited.Until, "rate limited by the CA")
+			w.logger.Warn("the CA rate-limited new orders", zap.Time("until", limited.Until), zapReason(problemDetail(limited.Err)))
+			if attempt < maxRateLimitedOrderAttempts {
+				continue
+			}
+			return nil, &HeldBackError{Until: limited.Until, Reason: "the CA keeps rate-limiting new orders: " + problemDetail(limited.Err)}
+		}
+		if err != nil {
+			return nil, err
+		}
+		break
 	}
 	now := time.Now()
 	o := &Order{
@@ -125,10 +156,11 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 		// the CA already holds every authorization as valid: no challenge
 		o.ReusedAuthzs = len(created.Authorizations)
 	}
-	run := &orderRun{w: w, order: o, acme: created}
+	run := &orderRun{w: w, order: o, acme: created, lastChange: now}
 	if err := run.save(ctx); err != nil {
 		return nil, err
 	}
+	w.observer().OrderChanged(*o, now.Sub(start))
 	w.rec.CurrentOrder = o.ID
 	if err := w.saveNameRecord(ctx); err != nil {
 		return nil, err
@@ -149,7 +181,12 @@ func (r *orderRun) save(ctx context.Context) error {
 func (r *orderRun) setState(ctx context.Context, state, reason string) error {
 	r.mu.Lock()
 	r.order.State, r.order.Reason = state, reason
+	now := time.Now()
+	took := now.Sub(r.lastChange)
+	r.lastChange = now
+	snapshot := *r.order
 	r.mu.Unlock()
+	r.w.observer().OrderChanged(snapshot, took)
 	return r.save(ctx)
 }
 

@@ -42,6 +42,9 @@ func detached(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error) {
+	if w.opts.Observer != nil {
+		ctx = context.WithValue(ctx, observerKey{}, w.opts.Observer)
+	}
 	if err := w.engine.ensureSentinel(ctx, w.store); err != nil {
 		return nil, fmt.Errorf("%s: %w", w.name, err)
 	}
@@ -52,6 +55,11 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 	w.rec = rec
 
 	now := time.Now()
+	if live, queued := w.engine.scheduler.Stats(); queued >= w.engine.scheduler.Limits().MaxQueued {
+		// fail before creating anything: the queue is this process's
+		// capacity, not the name's fault, so no backoff either
+		return nil, certmagic.ErrNoRetry{Err: fmt.Errorf("%s: %w (%d live, %d queued)", w.name, ErrQueueFull, live, queued)}
+	}
 	if w.req.OnDemand && now.Before(rec.NextAttempt) {
 		// a name that just failed is not re-ordered on every handshake
 		return nil, certmagic.ErrNoRetry{Err: fmt.Errorf("%s: backing off after %d failed attempt(s), last: %s; next attempt at %s",
@@ -73,6 +81,7 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 	if err := w.saveRequest(ctx); err != nil {
 		return nil, fmt.Errorf("%s: %w", w.name, err)
 	}
+	w.observer().RequestChanged(*w.cr)
 	w.logger.Info("certificate request created", zapRequest(w.cr.ID), zapState(w.cr.State),
 		zap.Bool("on_demand", w.req.OnDemand), zap.Int("attempt", w.cr.Attempt))
 
@@ -116,6 +125,7 @@ func (w *workflow) recordSuccess(ctx context.Context) {
 	if err := w.saveNameRecord(ctx); err != nil {
 		w.logger.Error("recording name after issuance", zap.Error(err))
 	}
+	w.observer().RequestChanged(*w.cr)
 	w.logger.Info("certificate issued", zapRequest(w.cr.ID), zapOrder(w.cr.Order),
 		zapState(RequestReady), zapTook(now.Sub(w.started)))
 }
@@ -130,28 +140,41 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 	now := time.Now()
 	reason := cause.Error()
 
-	w.rec.Failures++
-	wait := backoffFor(w.rec.Failures, w.opts.BackoffInitial, w.opts.BackoffMax)
-	w.rec.NextAttempt = now.Add(wait)
-	w.rec.LastError = reason
-	if w.failedType != "" {
-		w.rec.TypeOffset = nextTypeOffset(w.opts.ChallengeTypes, w.failedType)
+	var held *HeldBackError
+	nextAttempt := now
+	switch {
+	case errors.As(cause, &held):
+		// a rate limit, not a failure of the name: no backoff of its own
+		nextAttempt = held.Until
+	case errors.Is(cause, ErrQueueFull):
+		// this process's capacity, not the name's fault
+	default:
+		w.rec.Failures++
+		wait := backoffFor(w.rec.Failures, w.opts.BackoffInitial, w.opts.BackoffMax)
+		w.rec.NextAttempt = now.Add(wait)
+		w.rec.LastError = reason
+		nextAttempt = w.rec.NextAttempt
+		if w.failedType != "" {
+			w.rec.TypeOffset = nextTypeOffset(w.opts.ChallengeTypes, w.failedType)
+		}
+		w.observer().BackoffStarted(w.name, w.rec.NextAttempt, reason)
 	}
 	if err := w.saveNameRecord(ctx); err != nil {
 		w.logger.Error("recording failure backoff", zap.Error(err))
 	}
 
 	w.cr.State, w.cr.Reason, w.cr.Updated = RequestFailed, reason, now
-	w.cr.NextAttempt = w.rec.NextAttempt
+	w.cr.NextAttempt = nextAttempt
 	w.cr.Took = Duration(now.Sub(w.started))
 	if err := w.saveRequest(ctx); err != nil {
 		w.logger.Error("recording failed certificate request", zapRequest(w.cr.ID), zap.Error(err))
 	}
 	w.logger.Error("certificate request failed", zapRequest(w.cr.ID), zapOrder(w.cr.Order),
 		zapState(RequestFailed), zapReason(reason), zapTook(now.Sub(w.started)),
-		zap.Int("failures", w.rec.Failures), zap.Time("next_attempt", w.rec.NextAttempt))
+		zap.Int("failures", w.rec.Failures), zap.Time("next_attempt", nextAttempt))
+	w.observer().RequestChanged(*w.cr)
 
-	err := fmt.Errorf("%s: %w (next attempt at %s)", w.name, cause, w.rec.NextAttempt.UTC().Format(time.RFC3339))
+	err := fmt.Errorf("%s: %w (next attempt at %s)", w.name, cause, nextAttempt.UTC().Format(time.RFC3339))
 	if w.req.OnDemand {
 		return certmagic.ErrNoRetry{Err: err}
 	}
@@ -216,4 +239,11 @@ func identifierValues(ids []acme.Identifier) []string {
 		out[i] = id.Value
 	}
 	return out
+}
+
+func (w *workflow) observer() Observer {
+	if w.opts.Observer != nil {
+		return w.opts.Observer
+	}
+	return nopObserver{}
 }

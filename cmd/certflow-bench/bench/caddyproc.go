@@ -1,0 +1,160 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Bounds of starting and stopping Caddy.
+const (
+	readyTimeout    = 30 * time.Second
+	readyPoll       = 20 * time.Millisecond
+	stopGrace       = 10 * time.Second
+	stopAfterSignal = 5 * time.Second
+	adminTimeout    = 5 * time.Second
+)
+
+// caddyProcess is one `caddy run` this package started. It is stopped by
+// its PID only.
+type caddyProcess struct {
+	cmd       *exec.Cmd
+	pid       int
+	adminAddr string // "127.0.0.1:<port>"
+	outPath   string // Caddy's stdout and stderr
+	exited    chan struct{}
+	waitErr   error // set before exited is closed
+}
+
+// startCaddy runs `binary run --config configPath` in dir, with Caddy's
+// config and data directories inside dir and its output in dir/caddy.out.
+// The child gets its own process group, so a Ctrl-C at the terminal reaches
+// only the benchmark, which then stops it, and it is killed if the
+// benchmark dies first (Linux parent-death signal).
+func startCaddy(binary, configPath, dir, adminAddr string) (*caddyProcess, error) {
+	outPath := filepath.Join(dir, "caddy.out")
+	out, err := os.Create(outPath)
+	if err != nil {
+		return nil, fmt.Errorf("creating Caddy's output file: %w", err)
+	}
+	cmd := exec.Command(binary, "run", "--config", configPath)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Env = append(os.Environ(),
+		"XDG_CONFIG_HOME="+filepath.Join(dir, "xdg-config"),
+		"XDG_DATA_HOME="+filepath.Join(dir, "xdg-data"),
+	)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		_ = out.Close()
+		return nil, fmt.Errorf("starting %s: %w", binary, err)
+	}
+	p := &caddyProcess{cmd: cmd, pid: cmd.Process.Pid, adminAddr: adminAddr, outPath: outPath, exited: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		_ = out.Close()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// waitReady waits until Caddy's admin endpoint answers GET /config/ and its
+// HTTPS listener accepts connections, or it exits, or readyTimeout passes.
+func (p *caddyProcess) waitReady(ctx context.Context, httpsAddr string) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	client := &http.Client{Timeout: adminTimeout}
+	var lastErr error
+	for {
+		if lastErr = p.probe(ctx, client, httpsAddr); lastErr == nil {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("caddy (pid %d) exited while starting: %v; its output is in %s", p.pid, p.waitErr, p.outPath)
+		case <-ctx.Done():
+			return fmt.Errorf("caddy (pid %d) not ready: %w; last probe: %w; its output is in %s", p.pid, ctx.Err(), lastErr, p.outPath)
+		case <-time.After(readyPoll):
+		}
+	}
+}
+
+// probe checks the admin endpoint and the HTTPS listener once.
+func (p *caddyProcess) probe(ctx context.Context, client *http.Client, httpsAddr string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.adminAddr+"/config/", nil)
+	if err != nil {
+		return fmt.Errorf("building admin request: %w", err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin endpoint %s: %w", p.adminAddr, err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("admin endpoint %s: GET /config/ answered %s", p.adminAddr, resp.Status)
+	}
+	conn, err := (&net.Dialer{Timeout: adminTimeout}).DialContext(ctx, "tcp", httpsAddr)
+	if err != nil {
+		return fmt.Errorf("HTTPS listener %s: %w", httpsAddr, err)
+	}
+	return conn.Close()
+}
+
+// stop asks Caddy to stop through its admin endpoint (POST /stop) and waits
+// for it to exit; if it does not within stopGrace, it sends SIGTERM and then
+// SIGKILL to its PID. It returns once the process is gone, or an error if
+// even SIGKILL did not end it in time.
+func (p *caddyProcess) stop() error {
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	var stopErr error
+	client := &http.Client{Timeout: adminTimeout}
+	resp, err := client.Post("http://"+p.adminAddr+"/stop", "application/json", nil)
+	if err != nil {
+		stopErr = fmt.Errorf("POST /stop to %s: %w", p.adminAddr, err)
+	} else {
+		_ = resp.Body.Close()
+	}
+	if p.waitExit(stopGrace) {
+		return nil
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			stopErr = errors.Join(stopErr, fmt.Errorf("sending %s to caddy (pid %d): %w", sig, p.pid, err))
+		}
+		if p.waitExit(stopAfterSignal) {
+			return nil
+		}
+	}
+	return errors.Join(stopErr, fmt.Errorf("caddy (pid %d) did not exit after SIGKILL", p.pid))
+}
+
+// waitExit reports whether the process exited within d.
+func (p *caddyProcess) waitExit(d time.Duration) bool {
+	select {
+	case <-p.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// running reports whether the process has not exited yet.
+func (p *caddyProcess) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}

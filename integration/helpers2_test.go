@@ -1,0 +1,276 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	certflow "github.com/certflow/certflow"
+	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/issuer"
+)
+
+// pollEvery and pollMax bound every wait in these tests.
+const (
+	pollEvery = 20 * time.Millisecond
+	pollMax   = 30 * time.Second
+)
+
+// unreachable is a loopback address nothing listens on: a name resolving to
+// it fails both certflow's self-check and the CA's validation at once
+// (connection refused), until the name is reset.
+var unreachable = netip.MustParseAddr("127.0.0.2")
+
+// waitFor polls cond every pollEvery until it holds, for at most timeout,
+// and fails the test (naming what) if it never does. It returns how long it
+// waited.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(timeout)
+	for {
+		if cond() {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// schedulerIdle waits until the process-wide scheduler has nothing live or
+// queued, so a test starts from a clean slate whatever ran before it.
+func schedulerIdle(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the scheduler to be idle before the test", pollMax, func() bool {
+		live, queued := issuer.DefaultScheduler().Stats()
+		return live == 0 && queued == 0
+	})
+}
+
+// block makes names resolve to an address where nothing listens, so their
+// self-checks keep failing, until unblock (or the end of the test).
+func (e *env) block(names ...string) {
+	for _, n := range names {
+		e.dns.SetAddrs(n, unreachable)
+	}
+	e.t.Cleanup(func() { e.unblock(names...) })
+}
+
+// unblock restores the default address (127.0.0.1) of names.
+func (e *env) unblock(names ...string) {
+	for _, n := range names {
+		e.dns.ResetAddrs(n)
+	}
+}
+
+// handshakeResult is the outcome of one asynchronous handshake.
+type handshakeResult struct {
+	name string
+	err  error
+	took time.Duration
+}
+
+// handshakeAsync starts a handshake for each name in its own goroutine. The
+// returned wait collects every result (each handshake is bounded by the
+// harness's 30 s timeout); at cleanup the names are unblocked and wait is
+// called, so no goroutine outlives the test.
+func (e *env) handshakeAsync(names ...string) (wait func() map[string]handshakeResult) {
+	results := make(chan handshakeResult, len(names))
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			leaf, err := e.handshake(n)
+			if err == nil && !contains(leaf.DNSNames, n) {
+				err = fmt.Errorf("got a certificate for %v", leaf.DNSNames)
+			}
+			results <- handshakeResult{name: n, err: err, took: time.Since(start)}
+		}()
+	}
+	var once sync.Once
+	out := map[string]handshakeResult{}
+	wait = func() map[string]handshakeResult {
+		once.Do(func() {
+			wg.Wait()
+			close(results)
+			for r := range results {
+				out[r.name] = r
+			}
+		})
+		return out
+	}
+	e.t.Cleanup(func() {
+		// a test that stopped early must not leave the handshakes (and the
+		// scheduler slots) waiting for blocked names
+		e.unblock(names...)
+		wait()
+	})
+	return wait
+}
+
+// liveMonitor samples the process-wide scheduler's live count every few
+// milliseconds and remembers the highest value seen.
+type liveMonitor struct {
+	max  atomic.Int64
+	stop chan struct{}
+	done chan struct{}
+}
+
+func monitorLive(t *testing.T) *liveMonitor {
+	m := &liveMonitor{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			live, _ := issuer.DefaultScheduler().Stats()
+			if int64(live) > m.max.Load() {
+				m.max.Store(int64(live))
+			}
+			select {
+			case <-m.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(m.halt)
+	return m
+}
+
+// halt stops sampling and returns the highest live count seen.
+func (m *liveMonitor) halt() {
+	select {
+	case <-m.stop:
+	default:
+		close(m.stop)
+	}
+	<-m.done
+}
+
+// maxLive stops the monitor and returns the highest live count seen.
+func (m *liveMonitor) maxLive() int {
+	m.halt()
+	return int(m.max.Load())
+}
+
+// timeField parses one of a resource's RFC 3339 time fields ("times.x" for
+// a challenge's lifecycle times); zero if absent.
+func timeField(t *testing.T, r resource, field string) time.Time {
+	t.Helper()
+	var raw any = map[string]any(r)
+	for _, part := range strings.Split(field, ".") {
+		m, ok := raw.(map[string]any)
+		if !ok {
+			return time.Time{}
+		}
+		raw = m[part]
+	}
+	s, _ := raw.(string)
+	if s == "" {
+		return time.Time{}
+	}
+	tm, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		t.Fatalf("resource %s: field %s = %q is not RFC 3339: %v", r.str("id"), field, s, err)
+	}
+	return tm
+}
+
+// onlyChallenge returns the single stored challenge of name, failing the
+// test if there is not exactly one.
+func (e *env) onlyChallenge(name string) resource {
+	e.t.Helper()
+	chals := e.resources("challenges", name)
+	if len(chals) != 1 {
+		e.t.Fatalf("want exactly 1 stored challenge for %s, got %d: %s", name, len(chals), dump(chals))
+	}
+	return chals[0]
+}
+
+// issuerKey is the storage key of certificates this env's certflow issuer
+// obtains.
+func (e *env) issuerKey() string { return certflow.IssuerKeyForCA(e.ca.DirectoryURL) }
+
+// certPath is where certmagic stores the certificate of name obtained by
+// this env's certflow issuer, under the storage root.
+func (e *env) certPath(name string) string {
+	return filepath.Join(e.storage, filepath.FromSlash(certmagic.StorageKeys.SiteCert(e.issuerKey(), name)))
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// rejectFirstOrder returns a CA fault hook answering the first new-order
+// request naming name with a 400 rejectedIdentifier problem carrying
+// detail; every other request goes to Pebble.
+func rejectFirstOrder(name, detail string) rig.Fault {
+	var done atomic.Bool
+	problem, _ := json.Marshal(map[string]any{
+		"type":   "urn:ietf:params:acme:error:rejectedIdentifier",
+		"detail": detail,
+		"status": http.StatusBadRequest,
+	})
+	return func(r *http.Request) (int, http.Header, string, bool) {
+		if rig.KindOf(r) != rig.KindNewOrder || done.Load() {
+			return 0, nil, "", false
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil || !contains(newOrderIdentifiers(body), name) {
+			return 0, nil, "", false
+		}
+		if !done.CompareAndSwap(false, true) {
+			return 0, nil, "", false
+		}
+		h := http.Header{}
+		h.Set("Content-Type", "application/problem+json")
+		return http.StatusBadRequest, h, string(problem), true
+	}
+}
+
+// newOrderIdentifiers decodes the identifier values from the payload of a
+// new-order JWS (flattened JSON serialization).
+func newOrderIdentifiers(body []byte) []string {
+	var jws struct {
+		Payload string `json:"payload"`
+	}
+	if json.Unmarshal(body, &jws) != nil {
+		return nil
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(jws.Payload, "="))
+	if err != nil {
+		return nil
+	}
+	var order struct {
+		Identifiers []struct {
+			Value string `json:"value"`
+		} `json:"identifiers"`
+	}
+	if json.NewDecoder(bytes.NewReader(payload)).Decode(&order) != nil {
+		return nil
+	}
+	var out []string
+	for _, id := range order.Identifiers {
+		out = append(out, strings.ToLower(id.Value))
+	}
+	return out
+}

@@ -1,0 +1,63 @@
+package integration
+
+import (
+	"testing"
+
+	"github.com/certflow/certflow/issuer"
+)
+
+// TestReloadChangesChallengeCap: a config reload with a changed
+// max_concurrent_challenges takes effect without a restart. Under cap 1 two
+// blocked names get one live challenge and one queued; after reloading with
+// cap 3 (same env, same Caddy process), three blocked names are live at
+// once, which the old cap forbade, and all are issued once unblocked.
+func TestReloadChangesChallengeCap(t *testing.T) {
+	schedulerIdle(t)
+	e := newEnv(t, envOptions{})
+	sched := issuer.DefaultScheduler()
+
+	e.run(e.config(e.issuer(schedulerExtra(1))))
+	if got := sched.Limits().MaxLive; got != 1 {
+		t.Fatalf("MaxLive = %d after running with max_concurrent_challenges 1", got)
+	}
+	before := []string{"before1.test", "before2.test"}
+	e.block(before...)
+	wait := e.handshakeAsync(before...)
+	waitFor(t, "1 live and 1 queued challenge under cap 1", pollMax, func() bool {
+		live, queued := sched.Stats()
+		return live == 1 && queued == 1
+	})
+	e.unblock(before...)
+	for n, r := range wait() {
+		if r.err != nil {
+			t.Fatalf("handshake for %s under cap 1: %v", n, r.err)
+		}
+	}
+
+	e.run(e.config(e.issuer(schedulerExtra(3))))
+	if got := sched.Limits().MaxLive; got != 3 {
+		t.Fatalf("MaxLive = %d after reloading with max_concurrent_challenges 3", got)
+	}
+	names := []string{"r1.test", "r2.test", "r3.test"}
+	e.block(names...)
+	mon := monitorLive(t)
+	wait = e.handshakeAsync(names...)
+	waitFor(t, "3 challenges live at once after the reload", pollMax, func() bool {
+		live, _ := sched.Stats()
+		return live == 3
+	})
+	e.unblock(names...)
+	for _, n := range names {
+		if r := wait()[n]; r.err != nil {
+			t.Errorf("handshake for %s after the reload: %v", n, r.err)
+		}
+	}
+	if got := mon.maxLive(); got > 3 {
+		t.Errorf("%d challenges live at once, cap 3", got)
+	}
+	for _, n := range names {
+		if ch := e.onlyChallenge(n); ch.str("state") != "valid" {
+			t.Errorf("challenge for %s: %s", n, dump(ch))
+		}
+	}
+}
