@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"time"
 
+	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 )
 
@@ -20,6 +23,13 @@ type chanOptions chan *Options
 
 // retentionInterval is how often the history is trimmed.
 const retentionInterval = time.Hour
+
+// firstMaintenanceDelay lets the config load finish before the first pass.
+const firstMaintenanceDelay = 3 * time.Second
+
+// abandonMargin is added to the challenge timeout before an unfinished
+// challenge nobody updated is taken as abandoned by a crashed process.
+const abandonMargin = time.Minute
 
 // storageIdentity names a storage value well enough to tell two apart.
 func storageIdentity(o *Options) string {
@@ -72,7 +82,7 @@ func (e *Engine) stopMaintenance() {
 
 func (m *maintenance) run(ctx context.Context, opts *Options) {
 	// first pass shortly after start, not during the config load
-	timer := time.NewTimer(30 * time.Second)
+	timer := time.NewTimer(firstMaintenanceDelay)
 	defer timer.Stop()
 	for {
 		select {
@@ -81,7 +91,9 @@ func (m *maintenance) run(ctx context.Context, opts *Options) {
 		case o := <-m.opts:
 			opts = o
 		case <-timer.C:
-			trimHistory(ctx, store{storage: opts.Storage, issuerKey: opts.IssuerKey}, opts, time.Now())
+			s := store{storage: opts.Storage, issuerKey: opts.IssuerKey}
+			cleanUpLeftovers(ctx, s, opts, time.Now())
+			trimHistory(ctx, s, opts, time.Now())
 			timer.Reset(retentionInterval)
 		}
 	}
@@ -143,4 +155,56 @@ func isFinished(ctx context.Context, s store, kind, id string) (bool, error) {
 		return isFinalChallengeState(head.State), nil
 	}
 	return false, nil
+}
+
+// cleanUpLeftovers removes what finished challenges presented but never
+// cleaned up (the process died between the two), and ends challenges that no
+// process has touched for longer than their deadline: the process that ran
+// them is gone. A resumed workflow would otherwise find them; it then starts
+// a new challenge for the authorization.
+func cleanUpLeftovers(ctx context.Context, s store, opts *Options, now time.Time) {
+	ids, err := s.list(ctx, KindChallenge)
+	if err != nil {
+		opts.Logger.Warn("listing challenges for clean-up", zap.Error(err))
+		return
+	}
+	for _, id := range ids {
+		var ch Challenge
+		if err := s.load(ctx, KindChallenge, id, &ch); err != nil {
+			continue
+		}
+		abandoned := !isFinalChallengeState(ch.State) && now.Sub(ch.Updated) > opts.ChallengeTimeout+abandonMargin
+		if ch.CleanedUp || (!isFinalChallengeState(ch.State) && !abandoned) {
+			continue
+		}
+		if !ch.Times.Presented.IsZero() {
+			solver := opts.Solvers[ch.Type]
+			if solver == nil {
+				continue
+			}
+			chal := acme.Challenge{Type: ch.Type, Token: ch.Token, Identifier: identifierFor(ch.Name)}
+			if err := solver.CleanUp(ctx, chal, ch.Presented); err != nil {
+				opts.Logger.Warn("cleaning up a leftover challenge", zapChallenge(ch.ID), zapName(ch.Name), zap.Error(err))
+				continue
+			}
+		}
+		ch.CleanedUp, ch.Updated = true, now
+		if abandoned {
+			ch.State, ch.Reason = ChallengeErrored, "abandoned: no process finished it within its deadline of "+opts.ChallengeTimeout.String()
+			ch.Times.Finished = now
+		}
+		if err := s.save(ctx, KindChallenge, ch.ID, &ch); err != nil {
+			opts.Logger.Warn("recording a leftover challenge's clean-up", zapChallenge(ch.ID), zap.Error(err))
+			continue
+		}
+		opts.Logger.Info("cleaned up a leftover challenge", zapChallenge(ch.ID), zapName(ch.Name), zapState(ch.State))
+	}
+}
+
+// identifierFor rebuilds an ACME identifier from a stored name.
+func identifierFor(name string) acme.Identifier {
+	if net.ParseIP(name) != nil {
+		return acme.Identifier{Type: "ip", Value: name}
+	}
+	return acme.Identifier{Type: "dns", Value: strings.TrimPrefix(name, "*.")}
 }

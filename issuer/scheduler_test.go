@@ -31,7 +31,7 @@ func (g *grantLog) get() []string {
 // waitQueued waits until the scheduler has n tickets queued.
 func waitQueued(t *testing.T, s *Scheduler, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, q := s.Stats(); q == n {
 			return
@@ -207,7 +207,7 @@ func TestSchedulerConfigureRaisesCap(t *testing.T) {
 	select {
 	case r := <-got:
 		r()
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("raising the cap did not let the waiting challenge go")
 	}
 }
@@ -242,7 +242,7 @@ func TestSchedulerExclusionKey(t *testing.T) {
 	select {
 	case r := <-keyed:
 		r()
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("the keyed challenge did not go once the key was free")
 	}
 }

@@ -71,7 +71,7 @@ func (s store) load(ctx context.Context, kind, id string, v any) error {
 // at, removes it from its place so the workflow can start clean, and reports
 // both keys.
 func (s store) setAside(ctx context.Context, key string, b []byte, cause error) error {
-	aside := path.Join(s.prefix(), "corrupt", time.Now().UTC().Format("20060102T150405.000000000Z")+"-"+path.Base(key))
+	aside := path.Join(s.prefix(), "corrupt", time.Now().UTC().Format(idLayout)+"-"+path.Base(key))
 	if err := s.storage.Store(ctx, aside, b); err != nil {
 		return fmt.Errorf("%w: %s: %w (could not set it aside: %w)", ErrCorrupt, key, cause, err)
 	}
@@ -148,3 +148,5 @@ func (s store) list(ctx context.Context, kind string) ([]string, error) {
 	slices.Sort(ids)
 	return ids, nil
 }
+
+func isCorrupt(err error) bool { return errors.Is(err, ErrCorrupt) }

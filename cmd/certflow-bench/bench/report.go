@@ -1,0 +1,166 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is everything a benchmark measured.
+type Report struct {
+	// Options are the options the benchmark ran with, defaults applied.
+	Options Options
+	// Started and Finished bound the benchmark; Finished is zero when it
+	// was cut short.
+	Started, Finished time.Time
+	// Scenarios are the scenarios run so far, in order.
+	Scenarios []*ScenarioResult
+}
+
+// row is one line of a scenario table.
+type row struct {
+	label           string
+	stock, certflow string
+	ratio           string
+}
+
+// Print writes the report: a header, one table per scenario with stock,
+// certflow and the ratio certflow/stock for every figure, the failed
+// handshakes by kind, and how the ratios compare with issue 6's targets.
+func (r *Report) Print(w io.Writer) error {
+	var b strings.Builder
+	o := r.Options
+	fmt.Fprintf(&b, "certflow benchmark: the same Caddy binary with the stock acme issuer and with certflow, alternating\n")
+	fmt.Fprintf(&b, "Pebble in process (no validation sleep, no bad-nonce rejection), HTTP-01 only, fresh storage per run on %s\n", workDirName(o.WorkDir))
+	fmt.Fprintf(&b, "%s/%s, %d CPUs, %s; rounds of single-name scenarios: %d; cached handshakes per run: %d; handshake timeout %s\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.Rounds, o.CachedHandshakes, o.HandshakeTimeout)
+	if !r.Finished.IsZero() {
+		fmt.Fprintf(&b, "took %s\n", r.Finished.Sub(r.Started).Round(time.Second))
+	}
+	for _, s := range r.Scenarios {
+		b.WriteString("\n")
+		if err := s.print(&b); err != nil {
+			return err
+		}
+	}
+	b.WriteString("\n")
+	r.printTargets(&b)
+	_, err := io.WriteString(w, b.String())
+	if err != nil {
+		return fmt.Errorf("writing the report: %w", err)
+	}
+	return nil
+}
+
+// workDirName names where run directories live.
+func workDirName(dir string) string {
+	if dir == "" {
+		return "the temp directory"
+	}
+	return dir
+}
+
+// print writes the scenario's table and failures.
+func (s *ScenarioResult) print(w io.Writer) error {
+	st, okS := s.Figures(Stock)
+	cf, okC := s.Figures(Certflow)
+	if !okS && !okC {
+		return nil
+	}
+	sc := s.Scenario
+	runs := max(st.Runs, cf.Runs)
+	what := fmt.Sprintf("%d new names, at most %d handshakes in flight", sc.Names, sc.Concurrency)
+	if sc.Single() {
+		what = "one new name after a warm-up issuance"
+	}
+	fmt.Fprintf(w, "== scenario %s: %s (%d run(s) per issuer) ==\n", sc, what, runs)
+
+	dur := func(label string, get func(Figures) time.Duration) row {
+		a, c := get(st), get(cf)
+		return row{label, fmtDuration(a), fmtDuration(c), fmtRatio(float64(c), float64(a))}
+	}
+	mem := func(label string, get func(Figures) int64) row {
+		a, c := get(st), get(cf)
+		return row{label, fmtBytes(a), fmtBytes(c), fmtRatio(float64(c), float64(a))}
+	}
+	count := func(label string, get func(Figures) float64) row {
+		a, c := get(st), get(cf)
+		return row{label, fmt.Sprintf("%.2f", a), fmt.Sprintf("%.2f", c), fmtRatio(c, a)}
+	}
+	p50Label := "new-name handshake p50"
+	if sc.Single() && runs > 1 {
+		p50Label = "new-name handshake p50 (median of rounds)"
+	}
+	rows := []row{
+		dur(p50Label, func(f Figures) time.Duration { return f.P50 }),
+		dur("new-name handshake p90", func(f Figures) time.Duration { return f.P90 }),
+		dur("new-name handshake p99", func(f Figures) time.Duration { return f.P99 }),
+		dur("new-name handshake max", func(f Figures) time.Duration { return f.Max }),
+		dur("burst wall time", func(f Figures) time.Duration { return f.Wall }),
+		{"failed new-name handshakes", fmt.Sprintf("%d/%d", len(st.Failures), st.Names), fmt.Sprintf("%d/%d", len(cf.Failures), cf.Names),
+			fmtRatio(float64(len(cf.Failures)), float64(len(st.Failures)))},
+		dur("cached handshake p50", func(f Figures) time.Duration { return f.CachedP50 }),
+		{"failed cached handshakes", fmt.Sprintf("%d/%d", len(st.CachedFailures), st.CachedTried), fmt.Sprintf("%d/%d", len(cf.CachedFailures), cf.CachedTried), ""},
+		mem("Caddy peak RSS (VmHWM)", func(f Figures) int64 { return f.PeakRSS }),
+		mem("Caddy max RSS (VmRSS every 100ms)", func(f Figures) int64 { return f.SampledRSS }),
+		dur("Caddy CPU (burst + cached)", func(f Figures) time.Duration { return f.CPU }),
+		dur("Caddy CPU per new name (burst)", func(f Figures) time.Duration { return f.CPUPerName }),
+		dur("warm-up issuance (with account)", func(f Figures) time.Duration { return f.WarmUp }),
+		{"CA requests per new name:", "", "", ""},
+	}
+	for _, kind := range countedKinds {
+		rows = append(rows, count("  "+caKindLabels[kind], func(f Figures) float64 { return f.CAPerName[kind] }))
+	}
+	rows = append(rows, count("  total (all kinds)", func(f Figures) float64 { return f.CATotalPerName }))
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", "figure", "stock", "certflow", "certflow/stock")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", r.label, r.stock, r.certflow, r.ratio)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("writing the table of scenario %s: %w", sc, err)
+	}
+	printFailures(w, Stock, "new-name", st.Failures)
+	printFailures(w, Certflow, "new-name", cf.Failures)
+	printFailures(w, Stock, "cached", st.CachedFailures)
+	printFailures(w, Certflow, "cached", cf.CachedFailures)
+	return nil
+}
+
+// printFailures writes failed handshakes grouped by kind, with the range of
+// times they failed after and one example error.
+func printFailures(w io.Writer, issuer, what string, fs []Failure) {
+	if len(fs) == 0 {
+		return
+	}
+	type group struct {
+		n        int
+		min, max time.Duration
+		example  string
+	}
+	groups := map[string]*group{}
+	for _, f := range fs {
+		g := groups[f.Kind]
+		if g == nil {
+			g = &group{min: f.After, example: f.Err}
+			groups[f.Kind] = g
+		}
+		g.n++
+		g.min, g.max = min(g.min, f.After), max(g.max, f.After)
+	}
+	kinds := make([]string, 0, len(groups))
+	for k := range groups {
+		kinds = append(kinds, k)
+	}
+	slices.Sort(kinds)
+	for _, k := range kinds {
+		g := groups[k]
+		fmt.Fprintf(w, "%s: %d failed %s handshake(s): %s, after %s–%s; e.g. %s\n",
+			issuer, g.n, what, k, fmtDuration(g.min), fmtDuration(g.max), g.example)
+	}
+}
