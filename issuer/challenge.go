@@ -318,7 +318,11 @@ func (c *challengeRun) record(ctx context.Context, reason string) error {
 
 func (c *challengeRun) save(ctx context.Context) error {
 	c.ch.Version, c.ch.Updated = SchemaVersion, time.Now()
-	return c.r.w.store.save(ctx, KindChallenge, c.ch.ID, c.ch)
+	if err := c.r.w.store.saveResource(ctx, KindChallenge, c.ch.ID, c.ch.Name, c.ch.indexed, c.ch.State, c.ch); err != nil {
+		return err
+	}
+	c.ch.indexed = c.ch.State
+	return nil
 }
 
 func findChallenge(authz acme.Authorization, typ string) (acme.Challenge, bool) {

@@ -2,7 +2,6 @@ package issuer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -118,14 +117,15 @@ func trimHistory(ctx context.Context, s store, opts *Options, now time.Time) {
 			if i >= excess && !tooOld {
 				break // ids are oldest first: the rest are within bounds
 			}
-			final, err := isFinished(ctx, s, kind, id)
-			if err != nil || !final {
+			head, err := loadHead(ctx, s, kind, id)
+			if err != nil || !isFinalState(kind, head.State) {
 				continue
 			}
 			if err := s.delete(ctx, kind, id); err != nil {
 				opts.Logger.Warn("deleting resource for retention", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
 				continue
 			}
+			s.unindex(ctx, kind, id, head.Name, head.State)
 			deleted++
 		}
 		if deleted > 0 {
@@ -134,27 +134,17 @@ func trimHistory(ctx context.Context, s store, opts *Options, now time.Time) {
 	}
 }
 
-// isFinished reports whether a stored resource is in a final state.
-func isFinished(ctx context.Context, s store, kind, id string) (bool, error) {
-	var head struct {
-		State string `json:"state"`
-	}
+// resourceHead is what every resource kind has in common.
+type resourceHead struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	State string `json:"state"`
+}
+
+func loadHead(ctx context.Context, s store, kind, id string) (resourceHead, error) {
+	var head resourceHead
 	err := s.load(ctx, kind, id, &head)
-	if errors.Is(err, ErrCorrupt) {
-		return false, err // set aside by load; nothing left to delete
-	}
-	if err != nil {
-		return false, err
-	}
-	switch kind {
-	case KindRequest:
-		return head.State == RequestReady || head.State == RequestFailed, nil
-	case KindOrder:
-		return head.State == OrderValid || head.State == OrderInvalid || head.State == OrderErrored, nil
-	case KindChallenge:
-		return isFinalChallengeState(head.State), nil
-	}
-	return false, nil
+	return head, err
 }
 
 // cleanUpLeftovers removes what finished challenges presented but never
@@ -188,12 +178,13 @@ func cleanUpLeftovers(ctx context.Context, s store, opts *Options, now time.Time
 				continue
 			}
 		}
+		loadedState := ch.State
 		ch.CleanedUp, ch.Updated = true, now
 		if abandoned {
 			ch.State, ch.Reason = ChallengeErrored, "abandoned: no process finished it within its deadline of "+opts.ChallengeTimeout.String()
 			ch.Times.Finished = now
 		}
-		if err := s.save(ctx, KindChallenge, ch.ID, &ch); err != nil {
+		if err := s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, loadedState, ch.State, &ch); err != nil {
 			opts.Logger.Warn("recording a leftover challenge's clean-up", zapChallenge(ch.ID), zap.Error(err))
 			continue
 		}

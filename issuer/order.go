@@ -59,6 +59,7 @@ func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error
 	case err != nil:
 		return nil, err
 	}
+	o.indexed = o.State
 	switch o.State {
 	case OrderPending, OrderReady:
 	case OrderProcessing:
@@ -99,7 +100,7 @@ func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error
 func (w *workflow) replaceOrder(ctx context.Context, o *Order, why string) {
 	o.State, o.Reason = OrderErrored, "replaced by a new order: "+why
 	o.Updated = time.Now()
-	if err := w.store.save(ctx, KindOrder, o.ID, o); err != nil {
+	if err := w.store.saveResource(ctx, KindOrder, o.ID, o.Name, o.indexed, o.State, o); err != nil {
 		w.logger.Warn("recording replaced order", zapOrder(o.ID), zap.Error(err))
 	}
 	w.logger.Info("replacing order", zapOrder(o.ID), zapReason(o.Reason))
@@ -175,7 +176,11 @@ func (r *orderRun) save(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.order.Version, r.order.Updated = SchemaVersion, time.Now()
-	return r.w.store.save(ctx, KindOrder, r.order.ID, r.order)
+	if err := r.w.store.saveResource(ctx, KindOrder, r.order.ID, r.order.Name, r.order.indexed, r.order.State, r.order); err != nil {
+		return err
+	}
+	r.order.indexed = r.order.State
+	return nil
 }
 
 func (r *orderRun) setState(ctx context.Context, state, reason string) error {
@@ -290,6 +295,7 @@ func (r *orderRun) challengeFor(ctx context.Context, authz acme.Authorization) (
 			continue // missing or set aside: start that challenge clean
 		}
 		if ch.AuthorizationURL == authz.Location && !isFinalChallengeState(ch.State) {
+			ch.indexed = ch.State
 			return &ch, nil
 		}
 	}

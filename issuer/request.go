@@ -230,7 +230,11 @@ func (w *workflow) saveNameRecord(ctx context.Context) error {
 
 func (w *workflow) saveRequest(ctx context.Context) error {
 	w.cr.Updated = time.Now()
-	return w.store.save(ctx, KindRequest, w.cr.ID, w.cr)
+	if err := w.store.saveResource(ctx, KindRequest, w.cr.ID, w.cr.Name, w.cr.indexed, w.cr.State, w.cr); err != nil {
+		return err
+	}
+	w.cr.indexed = w.cr.State
+	return nil
 }
 
 func identifierValues(ids []acme.Identifier) []string {

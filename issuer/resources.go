@@ -34,6 +34,8 @@ type CertificateRequest struct {
 	Created     time.Time `json:"created"`
 	Updated     time.Time `json:"updated"`
 	Took        Duration  `json:"took,omitempty"`
+
+	indexed string // the state the index shows; "" until first saved
 }
 
 // CertificateRequest states.
@@ -62,6 +64,8 @@ type Order struct {
 	Created        time.Time `json:"created"`
 	Updated        time.Time `json:"updated"`
 	Finalized      time.Time `json:"finalized,omitzero"`
+
+	indexed string // the state the index shows; "" until first saved
 }
 
 // Order states: the ACME ones, plus errored when certflow itself gave up.
@@ -94,6 +98,8 @@ type Challenge struct {
 	Created          time.Time       `json:"created"`
 	Updated          time.Time       `json:"updated"`
 	Times            ChallengeTimes  `json:"times"`
+
+	indexed string // the state the index shows; "" until first saved
 }
 
 // ChallengeTimes records when each lifecycle step was reached.

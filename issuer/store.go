@@ -150,3 +150,21 @@ func (s store) list(ctx context.Context, kind string) ([]string, error) {
 }
 
 func isCorrupt(err error) bool { return errors.Is(err, ErrCorrupt) }
+
+func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
+
+func storageErr(step, key string, err error) error {
+	return fmt.Errorf("%w: %s %s: %w", ErrStorage, step, key, err)
+}
+
+// saveResource writes a resource whose state went from `from` ("" when new)
+// to `to`, and keeps the index in step.
+func (s store) saveResource(ctx context.Context, kind, id, name, from, to string, v any) error {
+	if err := s.save(ctx, kind, id, v); err != nil {
+		return err
+	}
+	if from != to || from == "" {
+		return s.reindex(ctx, kind, id, name, from, to)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package issuer
+
+import (
+	"context"
+	"path"
+
+	"github.com/caddyserver/certmagic"
+)
+
+// The index lets status views list resources by name and by state without
+// reading every stored object. It is a set of empty marker keys, written
+// only when a resource is created or reaches a final state, so it costs a
+// few storage writes per resource, not per transition:
+//
+//	certflow/<issuer key>/index/<kind>/name/<name>/<id>   one per resource
+//	certflow/<issuer key>/index/<kind>/inflight/<id>      while not final
+//	certflow/<issuer key>/index/<kind>/state/<state>/<id> once final
+//
+// Resources in flight are few (bounded by the scheduler), so a query for an
+// in-flight state reads just those. Markers are deleted with their resource.
+
+const indexDir = "index"
+
+func (s store) indexPrefix(kind string) string {
+	return path.Join(s.prefix(), indexDir, kind)
+}
+
+func (s store) nameMarker(kind, name, id string) string {
+	return path.Join(s.indexPrefix(kind), "name", certmagic.StorageKeys.Safe(name), certmagic.StorageKeys.Safe(id))
+}
+
+func (s store) inflightMarker(kind, id string) string {
+	return path.Join(s.indexPrefix(kind), "inflight", certmagic.StorageKeys.Safe(id))
+}
+
+func (s store) stateMarker(kind, state, id string) string {
+	return path.Join(s.indexPrefix(kind), "state", certmagic.StorageKeys.Safe(state), certmagic.StorageKeys.Safe(id))
+}
+
+// isFinalState reports whether state is final for resources of kind.
+func isFinalState(kind, state string) bool {
+	switch kind {
+	case KindRequest:
+		return state == RequestReady || state == RequestFailed
+	case KindOrder:
+		return state == OrderValid || state == OrderInvalid || state == OrderErrored
+	case KindChallenge:
+		return isFinalChallengeState(state)
+	}
+	return false
+}
+
+// reindex updates the markers of a resource whose state went from `from`
+// ("" when just created) to `to`. Only creation and reaching (or changing)
+// a final state write anything.
+func (s store) reindex(ctx context.Context, kind, id, name, from, to string) error {
+	put := func(key string) error {
+		if err := s.storage.Store(ctx, key, nil); err != nil {
+			return storageErr("indexing", key, err)
+		}
+		return nil
+	}
+	del := func(key string) error {
+		if err := s.storage.Delete(ctx, key); err != nil && !isNotExist(err) {
+			return storageErr("unindexing", key, err)
+		}
+		return nil
+	}
+	wasFinal, isFinal := isFinalState(kind, from), isFinalState(kind, to)
+	if from == "" {
+		if err := put(s.nameMarker(kind, name, id)); err != nil {
+			return err
+		}
+		if !isFinal {
+			return put(s.inflightMarker(kind, id))
+		}
+	}
+	if !isFinal || (wasFinal && from == to) {
+		return nil
+	}
+	if err := put(s.stateMarker(kind, to, id)); err != nil {
+		return err
+	}
+	if wasFinal {
+		return del(s.stateMarker(kind, from, id))
+	}
+	if from != "" {
+		return del(s.inflightMarker(kind, id))
+	}
+	return nil
+}
+
+// unindex removes every marker of a resource (when it is deleted).
+func (s store) unindex(ctx context.Context, kind, id, name, state string) {
+	for _, key := range []string{s.nameMarker(kind, name, id), s.inflightMarker(kind, id), s.stateMarker(kind, state, id)} {
+		_ = s.storage.Delete(ctx, key)
+	}
+}
