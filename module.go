@@ -9,9 +9,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -61,9 +64,10 @@ type Issuer struct {
 	TrustedRootsPEMFiles []string `json:"trusted_roots_pem_files,omitempty"`
 
 	// Which challenge types may be used. The first enabled type that the
-	// CA offers is tried first, in the order http-01, tls-alpn-01; when
-	// validation of one type fails, the next attempt for that name uses the
-	// next enabled type.
+	// CA offers is tried first, in the order http-01, tls-alpn-01, dns-01;
+	// when validation of one type fails, the next attempt for that name
+	// uses the next enabled type. dns-01 is enabled by configuring a DNS
+	// provider, and is the only type that can obtain wildcard names.
 	Challenges *ChallengesConfig `json:"challenges,omitempty"`
 
 	// How certflow checks, before asking the CA to validate, that a
@@ -79,6 +83,12 @@ type Issuer struct {
 	// challenge beyond that fails at once rather than making a handshake
 	// wait past its client's patience. Default: 1000.
 	MaxQueuedChallenges int `json:"max_queued_challenges,omitempty"`
+
+	// Holds new orders to at most this many per window for the account,
+	// per process (each node of a cluster counts its own). Default: the
+	// limit a well-known public CA publishes (Let's Encrypt: 300 per 3
+	// hours), none for other CAs.
+	OrderRateLimit *OrderRateLimitConfig `json:"order_rate_limit,omitempty"`
 
 	// How long a challenge may stay in flight (from scheduled to a final
 	// state) before it frees its slot and fails. Default: 5m.
@@ -108,6 +118,10 @@ type Issuer struct {
 	solverCfg solvers.Config
 	options   *atomic.Pointer[issuer.Options] // the latest SetConfig's; set in Provision
 	issuerKey string
+
+	// dnsProvider is the loaded challenges.dns.provider module; nil when
+	// dns-01 is not configured.
+	dnsProvider certmagic.DNSProvider
 }
 
 // ChallengesConfig enables or disables challenge types.
@@ -116,12 +130,60 @@ type ChallengesConfig struct {
 	HTTP *ChallengeTypeConfig `json:"http,omitempty"`
 	// TLS-ALPN-01 settings.
 	TLSALPN *ChallengeTypeConfig `json:"tls-alpn,omitempty"`
+	// DNS-01 settings. DNS-01 is enabled when a provider is configured.
+	DNS *DNSChallengeConfig `json:"dns,omitempty"`
 }
 
 // ChallengeTypeConfig configures one challenge type.
 type ChallengeTypeConfig struct {
 	// Never use this challenge type.
 	Disabled bool `json:"disabled,omitempty"`
+}
+
+// DNSChallengeConfig configures the DNS-01 challenge, with the names of the
+// stock acme issuer's challenges.dns. TXT records are added and deleted
+// through a caddy-dns provider module; the zone and the record the provider
+// returned are stored with the challenge, so the record is deleted after a
+// restart or by another instance sharing the storage, and only that record
+// (never another value of the same name). Before the CA is asked to
+// validate, certflow checks that the record is visible: at each of the
+// zone's authoritative nameservers (after following a CNAME on the record
+// name), or at each of the configured resolvers.
+type DNSChallengeConfig struct {
+	// The DNS provider module (dns.providers.*) that manages the TXT
+	// records. Required for DNS-01.
+	ProviderRaw json.RawMessage `json:"provider,omitempty" caddy:"namespace=dns.providers inline_key=name"`
+
+	// The TTL of the TXT records. Default: the provider's.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+
+	// A fixed wait after the record is added, before the first
+	// propagation check (or before the CA is asked to validate, when the
+	// check is off). Default: 0.
+	PropagationDelay caddy.Duration `json:"propagation_delay,omitempty"`
+
+	// How long the propagation check may keep failing before the
+	// challenge fails; -1 skips the check. The check is repeated every
+	// second (or every self_check interval, when that is set).
+	// Default: 2m.
+	PropagationTimeout caddy.Duration `json:"propagation_timeout,omitempty"`
+
+	// DNS resolvers (host or host:port, port 53 by default) the
+	// propagation check asks, each of which must return the value, and
+	// through which the zone is found. Default: the zone's authoritative
+	// nameservers, found through the system's resolvers.
+	Resolvers []string `json:"resolvers,omitempty"`
+
+	// Write the TXT record at this name instead of _acme-challenge.<name>
+	// (the challenge is delegated: _acme-challenge.<name> is a CNAME to
+	// it). Placeholders are expanded when the issuer is provisioned.
+	OverrideDomain string `json:"override_domain,omitempty"`
+
+	// Run challenges that write the same TXT record (a wildcard and its
+	// apex) one at a time in this process, for a provider that replaces a
+	// record's values when it adds one. By default they run at once, each
+	// adding and deleting only its own value, as libdns requires.
+	Serialize bool `json:"serialize,omitempty"`
 }
 
 // SelfCheckConfig configures the self-check that runs before a challenge is
@@ -138,13 +200,25 @@ type SelfCheckConfig struct {
 	HTTPPort int `json:"http_port,omitempty"`
 	// The port the TLS-ALPN-01 check connects to. Default: 443.
 	TLSALPNPort int `json:"tlsalpn_port,omitempty"`
-	// How long to wait between failed checks. Default: 2s.
+	// How long to wait between failed checks. Default: 2s (for DNS-01
+	// propagation checks, 1s).
 	Interval caddy.Duration `json:"interval,omitempty"`
-	// How long one check attempt may take. Default: 10s.
+	// How long one check attempt may take, DNS-01 propagation checks
+	// included. Default: 10s.
 	AttemptTimeout caddy.Duration `json:"attempt_timeout,omitempty"`
 	// How long a challenge may keep failing its self-check before it
 	// fails. Default: 2m.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+// OrderRateLimitConfig is a sliding-window limit on new orders.
+type OrderRateLimitConfig struct {
+	// How many new orders per window.
+	Orders int `json:"orders,omitempty"`
+	// The window.
+	Window caddy.Duration `json:"window,omitempty"`
+	// Turn the limit off, including the default.
+	Disabled bool `json:"disabled,omitempty"`
 }
 
 // BackoffConfig is a doubling backoff.
@@ -203,6 +277,10 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 	}
 	iss.issuerKey = IssuerKeyForCA(iss.CA)
 
+	if err := iss.provisionDNS(ctx, repl); err != nil {
+		return err
+	}
+
 	account := issuer.AccountConfig{
 		CA:                   iss.CA,
 		Email:                iss.Email,
@@ -210,6 +288,9 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 		EAB:                  iss.ExternalAccount,
 		TrustedRootsPEMFiles: iss.TrustedRootsPEMFiles,
 		RequestTimeout:       time.Duration(iss.ACMETimeout),
+	}
+	if l := iss.OrderRateLimit; l != nil {
+		account.OrderRateLimit = issuer.OrderRateLimit{Orders: l.Orders, Window: time.Duration(l.Window), Disabled: l.Disabled}
 	}
 	engine, key, err := issuer.AcquireEngine(account, iss.logger)
 	if err != nil {
@@ -242,7 +323,10 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 // Validate checks the configuration for mistakes Provision does not catch.
 func (iss *Issuer) Validate() error {
 	if len(iss.challengeTypes()) == 0 {
-		return errors.New("every challenge type is disabled: enable http-01 or tls-alpn-01")
+		return errors.New("every challenge type is disabled: enable http-01 or tls-alpn-01, or configure dns-01 with a DNS provider")
+	}
+	if err := iss.validateDNS(); err != nil {
+		return err
 	}
 	if iss.MaxConcurrentChallenges < 0 {
 		return fmt.Errorf("max_concurrent_challenges must not be negative, got %d", iss.MaxConcurrentChallenges)
@@ -359,10 +443,14 @@ func (iss *Issuer) Issue(ctx context.Context, csr *x509.CertificateRequest) (*ce
 
 // Revoke revokes a certificate this issuer obtained.
 func (iss *Issuer) Revoke(ctx context.Context, cert certmagic.CertificateResource, reason int) error {
-	if iss.engine == nil {
-		return errors.New("certflow issuer used before it was provisioned")
+	var opts *issuer.Options
+	if iss.options != nil {
+		opts = iss.options.Load()
 	}
-	return iss.engine.Revoke(ctx, cert.CertificatePEM, cert.PrivateKeyPEM, reason)
+	if iss.engine == nil || opts == nil {
+		return errors.New("certflow issuer used before it was provisioned and configured")
+	}
+	return iss.engine.Revoke(ctx, opts.Storage, cert.CertificatePEM, cert.PrivateKeyPEM, reason)
 }
 
 // GetRenewalInfo returns the CA's ARI renewal window for the certificate.
@@ -390,16 +478,125 @@ func (iss *Issuer) challengeTypes() []string {
 	if c == nil || c.TLSALPN == nil || !c.TLSALPN.Disabled {
 		types = append(types, acme.ChallengeTypeTLSALPN01)
 	}
+	if iss.dnsEnabled() {
+		types = append(types, acme.ChallengeTypeDNS01)
+	}
 	return types
+}
+
+// provisionDNS expands placeholders in the DNS override domain and loads
+// the DNS provider module, as the stock acme issuer does. Caddy's global
+// dns option does not reach a third-party issuer, so the provider must be
+// configured here.
+func (iss *Issuer) provisionDNS(ctx caddy.Context, repl *caddy.Replacer) error {
+	if iss.Challenges == nil || iss.Challenges.DNS == nil {
+		return nil
+	}
+	dnsCfg := iss.Challenges.DNS
+	if dnsCfg.OverrideDomain != "" {
+		v, err := repl.ReplaceOrErr(dnsCfg.OverrideDomain, true, true)
+		if err != nil {
+			return fmt.Errorf("expanding DNS override domain %q: %w", dnsCfg.OverrideDomain, err)
+		}
+		dnsCfg.OverrideDomain = v
+	}
+	if dnsCfg.ProviderRaw == nil {
+		return errors.New("DNS challenge settings are given but no DNS provider: add 'dns <provider>' " +
+			"(Caddy's global dns option does not reach certflow)")
+	}
+	val, err := ctx.LoadModule(dnsCfg, "ProviderRaw")
+	if err != nil {
+		return fmt.Errorf("loading DNS provider module: %w", err)
+	}
+	prov, ok := val.(certmagic.DNSProvider)
+	if !ok {
+		return fmt.Errorf("DNS provider module %T cannot add and delete records "+
+			"(it must be a libdns RecordAppender and RecordDeleter)", val)
+	}
+	iss.dnsProvider = prov
+	return nil
+}
+
+// validateDNS checks the DNS challenge settings.
+func (iss *Issuer) validateDNS() error {
+	if iss.Challenges == nil || iss.Challenges.DNS == nil {
+		return nil
+	}
+	d := iss.Challenges.DNS
+	switch {
+	case d.TTL < 0:
+		return fmt.Errorf("dns ttl must not be negative, got %s", time.Duration(d.TTL))
+	case d.PropagationDelay < 0:
+		return fmt.Errorf("propagation_delay must not be negative, got %s", time.Duration(d.PropagationDelay))
+	case d.PropagationTimeout < 0 && d.PropagationTimeout != -1:
+		return fmt.Errorf("propagation_timeout must be positive, or -1 to skip the propagation check, got %s",
+			time.Duration(d.PropagationTimeout))
+	}
+	for _, r := range d.Resolvers {
+		if err := checkDNSResolver(r); err != nil {
+			return fmt.Errorf("dns resolver %q: %w", r, err)
+		}
+	}
+	if d.OverrideDomain != "" && (strings.ContainsAny(d.OverrideDomain, " */:@") || strings.Trim(d.OverrideDomain, ".") == "") {
+		return fmt.Errorf("dns challenge override domain %q is not a domain name", d.OverrideDomain)
+	}
+	return nil
+}
+
+// checkDNSResolver accepts host or host:port, as the stock acme issuer's
+// resolvers (port 53 when none is given).
+func checkDNSResolver(r string) error {
+	host, port, err := net.SplitHostPort(r)
+	if err != nil {
+		host, port = strings.Trim(r, "[]"), "53"
+	}
+	if host == "" || strings.ContainsAny(host, " /") {
+		return errors.New("not a host or host:port")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("invalid port %q", port)
+	}
+	return nil
+}
+
+// dnsEnabled reports whether dns-01 is configured: a provider is (or, before
+// Provision, will be) loaded.
+func (iss *Issuer) dnsEnabled() bool {
+	if iss.dnsProvider != nil {
+		return true
+	}
+	return iss.Challenges != nil && iss.Challenges.DNS != nil && iss.Challenges.DNS.ProviderRaw != nil
+}
+
+// dns01Config is the DNS-01 solver's configuration. The self_check
+// interval and attempt timeout, when set, also pace the propagation check.
+func (iss *Issuer) dns01Config() solvers.DNS01Config {
+	d := iss.Challenges.DNS
+	return solvers.DNS01Config{
+		Provider:           iss.dnsProvider,
+		TTL:                time.Duration(d.TTL),
+		PropagationDelay:   time.Duration(d.PropagationDelay),
+		PropagationTimeout: time.Duration(d.PropagationTimeout),
+		Resolvers:          d.Resolvers,
+		OverrideDomain:     d.OverrideDomain,
+		Serialize:          d.Serialize,
+		Interval:           time.Duration(iss.selfCheck().Interval),
+		AttemptTimeout:     time.Duration(iss.selfCheck().AttemptTimeout),
+		Logger:             iss.logger.Named("dns01"),
+	}
 }
 
 func (iss *Issuer) buildSolvers(storage certmagic.Storage) map[string]solvers.Solver {
 	cfg := iss.solverCfg
 	cfg.Storage = storage
-	return map[string]solvers.Solver{
+	m := map[string]solvers.Solver{
 		acme.ChallengeTypeHTTP01:    solvers.NewHTTP01(cfg),
 		acme.ChallengeTypeTLSALPN01: solvers.NewTLSALPN01(cfg),
 	}
+	if iss.dnsProvider != nil {
+		m[acme.ChallengeTypeDNS01] = solvers.NewDNS01(iss.dns01Config())
+	}
+	return m
 }
 
 // IssuerKeyForCA derives the issuer key from the CA's directory URL the way

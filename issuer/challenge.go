@@ -222,7 +222,7 @@ func (c *challengeRun) await(ctx context.Context) error {
 }
 
 func (c *challengeRun) invalid(ctx context.Context, chal acme.Challenge) error {
-	c.r.w.failedType = c.ch.Type
+	c.r.w.setFailedType(c.ch.Type)
 	reason := "the CA could not validate the challenge"
 	if chal.Error != nil {
 		reason = "the CA could not validate the challenge: " + problemText(chal.Error)

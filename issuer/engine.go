@@ -116,8 +116,9 @@ func (e *Engine) Issue(ctx context.Context, req Request) (*certmagic.IssuedCerti
 	return w.run(ctx)
 }
 
-// Revoke revokes a certificate at the CA using its private key.
-func (e *Engine) Revoke(ctx context.Context, certPEM, keyPEM []byte, reason int) error {
+// Revoke revokes a certificate at the CA, signing with the account (loaded
+// from storage if this process has not used it yet).
+func (e *Engine) Revoke(ctx context.Context, storage certmagic.Storage, certPEM, keyPEM []byte, reason int) error {
 	block, _ := pem.Decode(certPEM)
 	if block == nil {
 		return errors.New("revoking: no PEM certificate")
@@ -130,10 +131,10 @@ func (e *Engine) Revoke(ctx context.Context, certPEM, keyPEM []byte, reason int)
 	if err != nil {
 		return errors.New("revoking: the certificate's private key does not decode")
 	}
-	if e.acct == nil {
-		return errors.New("revoking: no ACME account loaded yet in this process")
+	acct, err := e.account(ctx, storage)
+	if err != nil {
+		return fmt.Errorf("revoking: %w", err)
 	}
-	acct := *e.acct
 	return callCA(ctx, "revoking certificate", func(ctx context.Context) error {
 		return e.client.RevokeCertificate(ctx, acct, leaf, key, reason)
 	})

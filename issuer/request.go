@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -30,7 +31,21 @@ type workflow struct {
 
 	// failedType is the challenge type whose validation the CA refused, so
 	// the next attempt for the name starts with the next enabled type.
+	// Challenges of one order run concurrently: guarded by failedMu.
+	failedMu   sync.Mutex
 	failedType string
+}
+
+func (w *workflow) setFailedType(t string) {
+	w.failedMu.Lock()
+	defer w.failedMu.Unlock()
+	w.failedType = t
+}
+
+func (w *workflow) getFailedType() string {
+	w.failedMu.Lock()
+	defer w.failedMu.Unlock()
+	return w.failedType
 }
 
 // saveTimeout bounds writes that must happen even when the request's
@@ -154,8 +169,8 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 		w.rec.NextAttempt = now.Add(wait)
 		w.rec.LastError = reason
 		nextAttempt = w.rec.NextAttempt
-		if w.failedType != "" {
-			w.rec.TypeOffset = nextTypeOffset(w.opts.ChallengeTypes, w.failedType)
+		if failed := w.getFailedType(); failed != "" {
+			w.rec.TypeOffset = nextTypeOffset(w.opts.ChallengeTypes, failed)
 		}
 		w.observer().BackoffStarted(w.name, w.rec.NextAttempt, reason)
 	}
