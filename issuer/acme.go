@@ -20,8 +20,7 @@ import (
 // newACMEClient builds the low-level acmez client shared by every request to
 // one CA with one account: one HTTP transport (connections and the nonce pool
 // are reused), the CA's Retry-After captured per call, and a short poll
-// interval for acmez's own finalize polling, which the CA's Retry-After
-// overrides.
+// interval for acmez's own finalize polling (see finalizeAndWait).
 func newACMEClient(cfg AccountConfig) (*acme.Client, error) {
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
 	if len(cfg.TrustedRootsPEMFiles) > 0 {
@@ -55,7 +54,10 @@ func newACMEClient(cfg AccountConfig) (*acme.Client, error) {
 		Directory:    cfg.CA,
 		HTTPClient:   &http.Client{Transport: retryAfterTransport{transport}, Timeout: timeout},
 		UserAgent:    "certflow",
-		PollInterval: 15 * time.Millisecond,
+		// acmez's own fixed-interval polling of a processing order is
+		// only the polite fallback: finalizeAndWait polls faster, with
+		// backoff, and ends acmez's wait
+		PollInterval: time.Second,
 		PollTimeout:  2 * time.Minute,
 	}, nil
 }

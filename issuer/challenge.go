@@ -30,6 +30,9 @@ type challengeRun struct {
 	chal   acme.Challenge
 	logger *zap.Logger
 	last   time.Time // when the last transition happened, for "took"
+
+	presented bool   // Present succeeded: clean up at the final state
+	liveState string // the last non-final state, for deadline reasons
 }
 
 // solve runs the challenge to a final state. authz was read at readAt.
@@ -45,31 +48,36 @@ func (r *orderRun) solve(ctx context.Context, ch *Challenge, authz acme.Authoriz
 	if c.solver == nil {
 		return c.finish(ctx, ChallengeErrored, fmt.Sprintf("no solver for challenge type %s", ch.Type))
 	}
-	if err := c.transition(ctx, ChallengeQueued, ""); err != nil {
-		return err
-	}
 
 	var key string
 	if k, ok := c.solver.(solvers.ExclusionKeyer); ok {
 		key = k.ExclusionKey(acme.Challenge{Type: ch.Type, Identifier: authz.Identifier, Token: ch.Token})
 	}
-	release, err := w.engine.scheduler.Acquire(ctx, Ticket{Created: ch.Created, Urgent: ch.OnDemand, Key: key})
-	if err != nil {
-		_ = c.finish(ctx, ChallengeErrored, err.Error())
-		return fmt.Errorf("challenge for %s: %w", ch.Name, err)
+	ticket := Ticket{Created: ch.Created, Urgent: ch.OnDemand, Key: key}
+	release, ok := w.engine.scheduler.TryAcquire(ticket)
+	if !ok {
+		// it has to wait: make the wait visible in storage
+		if err := c.transition(ctx, ChallengeQueued, ""); err != nil {
+			return err
+		}
+		var err error
+		if release, err = w.engine.scheduler.Acquire(ctx, ticket); err != nil {
+			_ = c.finish(ctx, ChallengeErrored, err.Error())
+			return fmt.Errorf("challenge for %s: %w", ch.Name, err)
+		}
+	} else {
+		c.step(ChallengeQueued, "")
 	}
 	defer release()
 
 	// a challenge stuck past its deadline frees its slot and fails
 	liveCtx, cancel := context.WithTimeout(ctx, w.opts.ChallengeTimeout)
 	defer cancel()
-	if err := c.transition(liveCtx, ChallengeScheduled, ""); err != nil {
-		return err
-	}
-	err = c.live(liveCtx, authz, readAt)
+	c.step(ChallengeScheduled, "")
+	err := c.live(liveCtx, authz, readAt)
 	if err != nil && liveCtx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
 		return c.finish(ctx, ChallengeErrored, fmt.Sprintf("challenge exceeded its deadline of %s while %s: %v",
-			w.opts.ChallengeTimeout, c.ch.State, err))
+			w.opts.ChallengeTimeout, c.liveState, err))
 	}
 	return err
 }
@@ -106,9 +114,7 @@ func (c *challengeRun) live(ctx context.Context, authz acme.Authorization, readA
 		c.ch.State = ChallengeAccepted
 		return c.await(ctx)
 	}
-	if err := c.transition(ctx, ChallengeSynced, ""); err != nil {
-		return err
-	}
+	c.step(ChallengeSynced, "")
 
 	// presented
 	memo, err := c.solver.Present(ctx, chal)
@@ -116,7 +122,8 @@ func (c *challengeRun) live(ctx context.Context, authz acme.Authorization, readA
 		return c.fail(ctx, fmt.Errorf("presenting: %w", err))
 	}
 	c.ch.Presented = memo
-	defer c.cleanUp(ctx)
+	c.presented = true
+	// persisted: what was presented must be cleaned up even after a crash
 	if err := c.transition(ctx, ChallengePresented, ""); err != nil {
 		return err
 	}
@@ -136,9 +143,7 @@ func (c *challengeRun) live(ctx context.Context, authz acme.Authorization, readA
 			return c.finish(ctx, ChallengeErrored, err.Error())
 		}
 	}
-	if err := c.transition(ctx, ChallengeSelfChecked, ""); err != nil {
-		return err
-	}
+	c.step(ChallengeSelfChecked, "")
 
 	// accepted
 	if err := callCA(ctx, "accepting challenge "+chal.URL, func(ctx context.Context) error {
@@ -147,9 +152,9 @@ func (c *challengeRun) live(ctx context.Context, authz acme.Authorization, readA
 	}); err != nil {
 		return c.fail(ctx, err)
 	}
-	if err := c.transition(ctx, ChallengeAccepted, ""); err != nil {
-		return err
-	}
+	// not persisted: after a crash the authorization tells that it was
+	// accepted, and the times are written with the final state
+	c.step(ChallengeAccepted, "")
 	return c.await(ctx)
 }
 
@@ -252,7 +257,13 @@ func (c *challengeRun) finish(ctx context.Context, state, reason string) error {
 	saveCtx, cancel := detached(ctx)
 	defer cancel()
 	c.ch.Times.Finished = time.Now()
-	if err := c.transition(saveCtx, state, reason); err != nil {
+	if isFinalChallengeState(c.ch.State) {
+		// already final (a deadline hit after a failure): only the reason changes
+		c.ch.Reason = reason
+		if err := c.save(saveCtx); err != nil {
+			return err
+		}
+	} else if err := c.finalTransition(saveCtx, state, reason); err != nil {
 		return err
 	}
 	switch state {
@@ -265,24 +276,49 @@ func (c *challengeRun) finish(ctx context.Context, state, reason string) error {
 	}
 }
 
-// cleanUp removes what was presented, whatever the outcome, detached from
-// ctx so it also runs when the request was cancelled.
-func (c *challengeRun) cleanUp(ctx context.Context) {
-	ctx, cancel := detached(ctx)
-	defer cancel()
-	if err := c.solver.CleanUp(ctx, c.chal, c.ch.Presented); err != nil {
-		c.logger.Warn("cleaning up presented challenge", zap.Error(err))
-		return
+// finalTransition writes the final state and, at the same time, removes
+// what was presented (whatever the outcome), so the two storage writes cost
+// one write's latency. If the clean-up fails, the record says so and the
+// start-up clean-up of a later process retries it.
+func (c *challengeRun) finalTransition(ctx context.Context, state, reason string) error {
+	if !c.presented {
+		return c.transition(ctx, state, reason)
 	}
 	c.ch.CleanedUp = true
-	if err := c.save(ctx); err != nil {
-		c.logger.Warn("recording challenge clean-up", zap.Error(err))
+	var cleanErr error
+	err := parallel(
+		func() error { return c.transition(ctx, state, reason) },
+		func() error { cleanErr = c.solver.CleanUp(ctx, c.chal, c.ch.Presented); return nil },
+	)
+	if cleanErr != nil {
+		c.logger.Warn("cleaning up presented challenge", zap.Error(cleanErr))
+		c.ch.CleanedUp = false
+		if saveErr := c.save(ctx); saveErr != nil {
+			c.logger.Warn("recording failed clean-up", zap.Error(saveErr))
+		}
 	}
+	return err
+}
+
+// step moves to a state without writing it: the time is recorded and
+// written with the next persisted transition. Used for steps that crash
+// recovery does not need, so an issuance costs fewer storage writes.
+func (c *challengeRun) step(state, reason string) {
+	c.setState(state, reason)
 }
 
 // transition writes a new state and logs it with the time since the last one.
 func (c *challengeRun) transition(ctx context.Context, state, reason string) error {
+	c.setState(state, reason)
+	return c.save(ctx)
+}
+
+// setState records a state, its time, tells the observer and logs it.
+func (c *challengeRun) setState(state, reason string) {
 	now := time.Now()
+	if !isFinalChallengeState(state) {
+		c.liveState = state
+	}
 	c.ch.State, c.ch.Reason = state, reason
 	t := &c.ch.Times
 	switch state {
@@ -297,9 +333,6 @@ func (c *challengeRun) transition(ctx context.Context, state, reason string) err
 	case ChallengeAccepted:
 		t.Accepted = now
 	}
-	if err := c.save(ctx); err != nil {
-		return err
-	}
 	c.r.w.observer().ChallengeChanged(*c.ch, now.Sub(c.last))
 	fields := []zap.Field{zapState(state), zapTook(now.Sub(c.last))}
 	if reason != "" {
@@ -307,7 +340,6 @@ func (c *challengeRun) transition(ctx context.Context, state, reason string) err
 	}
 	c.logger.Info("challenge "+state, fields...)
 	c.last = now
-	return nil
 }
 
 // record writes a new reason without changing the state.

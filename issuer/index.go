@@ -67,27 +67,26 @@ func (s store) reindex(ctx context.Context, kind, id, name, from, to string) err
 		return nil
 	}
 	wasFinal, isFinal := isFinalState(kind, from), isFinalState(kind, to)
+	var ops []func() error
 	if from == "" {
-		if err := put(s.nameMarker(kind, name, id)); err != nil {
-			return err
-		}
+		ops = append(ops, func() error { return put(s.nameMarker(kind, name, id)) })
 		if !isFinal {
-			return put(s.inflightMarker(kind, id))
+			ops = append(ops, func() error { return put(s.inflightMarker(kind, id)) })
 		}
 	}
-	if !isFinal || (wasFinal && from == to) {
+	if isFinal && !(wasFinal && from == to) {
+		ops = append(ops, func() error { return put(s.stateMarker(kind, to, id)) })
+		switch {
+		case wasFinal:
+			ops = append(ops, func() error { return del(s.stateMarker(kind, from, id)) })
+		case from != "":
+			ops = append(ops, func() error { return del(s.inflightMarker(kind, id)) })
+		}
+	}
+	if len(ops) == 0 {
 		return nil
 	}
-	if err := put(s.stateMarker(kind, to, id)); err != nil {
-		return err
-	}
-	if wasFinal {
-		return del(s.stateMarker(kind, from, id))
-	}
-	if from != "" {
-		return del(s.inflightMarker(kind, id))
-	}
-	return nil
+	return parallel(ops...)
 }
 
 // unindex removes every marker of a resource (when it is deleted).

@@ -158,14 +158,18 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 		o.ReusedAuthzs = len(created.Authorizations)
 	}
 	run := &orderRun{w: w, order: o, acme: created, lastChange: now}
-	if err := run.save(ctx); err != nil {
+	w.rec.CurrentOrder = o.ID
+	w.cr.Order = o.ID
+	// the order, the name's pointer to it (what a restart resumes) and the
+	// request are independent writes
+	if err := parallel(
+		func() error { return run.save(ctx) },
+		w.saveNameRecordFunc(ctx),
+		w.saveRequestFunc(ctx),
+	); err != nil {
 		return nil, err
 	}
 	w.observer().OrderChanged(*o, now.Sub(start))
-	w.rec.CurrentOrder = o.ID
-	if err := w.saveNameRecord(ctx); err != nil {
-		return nil, err
-	}
 	w.logger.Info("order created", zapOrder(o.ID), zapState(o.State), zapRequest(w.cr.ID),
 		zap.Int("authorizations", len(o.Authorizations)), zap.Int("reused_authorizations", o.ReusedAuthzs),
 		zapTook(now.Sub(start)))
@@ -193,6 +197,19 @@ func (r *orderRun) setState(ctx context.Context, state, reason string) error {
 	r.mu.Unlock()
 	r.w.observer().OrderChanged(snapshot, took)
 	return r.save(ctx)
+}
+
+// step moves the order to a state without writing it (the observer is
+// told); the state is written with the next persisted change.
+func (r *orderRun) step(state string) {
+	r.mu.Lock()
+	r.order.State = state
+	now := time.Now()
+	took := now.Sub(r.lastChange)
+	r.lastChange = now
+	snapshot := *r.order
+	r.mu.Unlock()
+	r.w.observer().OrderChanged(snapshot, took)
 }
 
 // fail records a final order failure, detached from ctx, and returns err.
@@ -240,14 +257,14 @@ func (r *orderRun) authorize(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = r.authorizeOne(ctx, u)
+			errs[i] = r.authorizeOne(ctx, i, u)
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func (r *orderRun) authorizeOne(ctx context.Context, authzURL string) error {
+func (r *orderRun) authorizeOne(ctx context.Context, index int, authzURL string) error {
 	w := r.w
 	var authz acme.Authorization
 	err := callCA(ctx, "reading authorization "+authzURL, func(ctx context.Context) error {
@@ -272,32 +289,45 @@ func (r *orderRun) authorizeOne(ctx context.Context, authzURL string) error {
 		return fmt.Errorf("%w: authorization for %s is %s at the CA", errChallengeFailed, authz.IdentifierValue(), authz.Status)
 	}
 
-	ch, err := r.challengeFor(ctx, authz)
+	ch, err := r.challengeFor(ctx, index, authz)
 	if err != nil {
 		return err
 	}
 	return r.solve(ctx, ch, authz, read)
 }
 
+// maxChallengesPerAuthz bounds the challenges one authorization of one
+// order gets (a resumed order retries a challenge that errored).
+const maxChallengesPerAuthz = 5
+
+// challengeID is deterministic, so a resumed order finds its challenge
+// without the order having to be written when the challenge is created.
+func challengeID(orderID string, authzIndex, attempt int) string {
+	return fmt.Sprintf("%s-a%d-%d", orderID, authzIndex, attempt)
+}
+
 // challengeFor returns the order's Challenge for this authorization: the
 // stored one when resuming, else a new queued one of the preferred type.
-func (r *orderRun) challengeFor(ctx context.Context, authz acme.Authorization) (*Challenge, error) {
+func (r *orderRun) challengeFor(ctx context.Context, index int, authz acme.Authorization) (*Challenge, error) {
 	w := r.w
-	r.mu.Lock()
-	ids := append([]string(nil), r.order.Challenges...)
-	r.mu.Unlock()
-	for _, id := range ids {
+	attempt := 1
+	for ; attempt <= maxChallengesPerAuthz; attempt++ {
 		var ch Challenge
-		if err := w.store.load(ctx, KindChallenge, id, &ch); err != nil {
-			if errors.Is(err, ErrStorage) {
-				return nil, err
-			}
-			continue // missing or set aside: start that challenge clean
+		err := w.store.load(ctx, KindChallenge, challengeID(r.order.ID, index, attempt), &ch)
+		if isNotExist(err) || errors.Is(err, ErrCorrupt) {
+			break // a free ID (a corrupt one was set aside)
+		}
+		if err != nil {
+			return nil, err
 		}
 		if ch.AuthorizationURL == authz.Location && !isFinalChallengeState(ch.State) {
 			ch.indexed = ch.State
 			return &ch, nil
 		}
+	}
+	if attempt > maxChallengesPerAuthz {
+		return nil, fmt.Errorf("%w: %s already had %d challenges in order %s", errChallengeFailed,
+			authz.IdentifierValue(), maxChallengesPerAuthz, r.order.ID)
 	}
 
 	chosen, ok := r.pickChallenge(authz)
@@ -308,7 +338,7 @@ func (r *orderRun) challengeFor(ctx context.Context, authz acme.Authorization) (
 	now := time.Now()
 	ch := &Challenge{
 		Version:          SchemaVersion,
-		ID:               newID(now),
+		ID:               challengeID(r.order.ID, index, attempt),
 		Order:            r.order.ID,
 		Name:             authz.IdentifierValue(),
 		Wildcard:         authz.Wildcard,
@@ -323,9 +353,6 @@ func (r *orderRun) challengeFor(ctx context.Context, authz acme.Authorization) (
 	r.mu.Lock()
 	r.order.Challenges = append(r.order.Challenges, ch.ID)
 	r.mu.Unlock()
-	if err := r.save(ctx); err != nil {
-		return nil, err
-	}
 	return ch, nil
 }
 
@@ -361,15 +388,10 @@ func offeredTypes(authz acme.Authorization) []string {
 func (r *orderRun) finalize(ctx context.Context) (*certmagic.IssuedCertificate, error) {
 	w := r.w
 	start := time.Now()
-	if err := r.setState(ctx, OrderProcessing, ""); err != nil {
-		return nil, err
-	}
-	finalized := r.acme
-	err := callCA(ctx, "finalizing order "+r.order.URL, func(ctx context.Context) error {
-		var err error
-		finalized, err = w.engine.client.FinalizeOrder(ctx, w.acct, r.acme, w.req.CSR.Raw)
-		return err
-	})
+	// not persisted: after a crash, the order's state at the CA tells that
+	// it was finalized (and so cannot be resumed with a new key)
+	r.step(OrderProcessing)
+	finalized, err := r.finalizeAndWait(ctx)
 	if err != nil {
 		if isFinalError(err) {
 			return nil, r.fail(ctx, OrderInvalid, err)
@@ -399,11 +421,71 @@ func (r *orderRun) finalize(ctx context.Context) (*certmagic.IssuedCertificate, 
 	if err := leafMatchesCSR(chain.ChainPEM, w.req.CSR); err != nil {
 		return nil, r.fail(ctx, OrderErrored, err)
 	}
-	if err := r.setState(ctx, OrderValid, ""); err != nil {
-		w.logger.Error("recording valid order", zapOrder(r.order.ID), zap.Error(err))
-	}
+	r.mu.Lock()
+	r.order.State, r.order.Reason = OrderValid, ""
+	r.mu.Unlock()
 	w.logger.Info("order finalized", zapOrder(r.order.ID), zapState(OrderValid), zapTook(time.Since(start)))
 	return &certmagic.IssuedCertificate{Certificate: chain.ChainPEM, Metadata: chain}, nil
+}
+
+// finalizeAndWait sends the CSR and waits for the CA's decision. acmez's
+// FinalizeOrder polls a processing order at a fixed interval; meanwhile we
+// poll the order ourselves, starting within milliseconds and backing off (or
+// waiting as the CA's Retry-After says), and end FinalizeOrder's wait as
+// soon as the order is valid or invalid. Cancelling it then is safe: the
+// finalize request itself has been answered, or the order would not be
+// past ready.
+func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
+	w := r.w
+	finCtx, cancelFinalize := context.WithCancel(ctx)
+	defer cancelFinalize()
+	type result struct {
+		order acme.Order
+		err   error
+	}
+	finalized := make(chan result, 1)
+	go func() {
+		var o acme.Order
+		err := callCA(finCtx, "finalizing order "+r.order.URL, func(ctx context.Context) error {
+			var err error
+			o, err = w.engine.client.FinalizeOrder(ctx, w.acct, r.acme, w.req.CSR.Raw)
+			return err
+		})
+		finalized <- result{o, err}
+	}()
+
+	var retryAfter time.Duration
+	for n := 0; ; n++ {
+		timer := time.NewTimer(pollWait(n, retryAfter))
+		select {
+		case res := <-finalized:
+			timer.Stop()
+			return res.order, res.err
+		case <-ctx.Done():
+			timer.Stop()
+			<-finalized
+			return acme.Order{}, fmt.Errorf("waiting for the order to be issued: %w", ctx.Err())
+		case <-timer.C:
+		}
+		var polled acme.Order
+		err := callCA(ctx, "polling order "+r.order.URL, func(ctx context.Context) error {
+			var err error
+			polled, err = w.engine.client.GetOrder(ctx, w.acct, acme.Order{Location: r.order.URL})
+			if note, ok := ctx.Value(responseNoteKey{}).(*responseNote); ok {
+				retryAfter, _ = note.get()
+			}
+			return err
+		})
+		if err != nil {
+			continue // FinalizeOrder's own result decides
+		}
+		if polled.Status == acme.StatusValid || polled.Status == acme.StatusInvalid {
+			cancelFinalize()
+			<-finalized
+			polled.Location = r.order.URL
+			return polled, nil
+		}
+	}
 }
 
 // leafMatchesCSR makes sure the chain's leaf certifies the CSR's public key:

@@ -25,9 +25,10 @@ type workflow struct {
 	logger  *zap.Logger
 	started time.Time
 
-	acct acme.Account
-	rec  *NameRecord
-	cr   *CertificateRequest
+	acct  acme.Account
+	rec   *NameRecord
+	cr    *CertificateRequest
+	order *orderRun
 
 	// failedType is the challenge type whose validation the CA refused, so
 	// the next attempt for the name starts with the next enabled type.
@@ -93,9 +94,7 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 		Created:     now,
 		Updated:     now,
 	}
-	if err := w.saveRequest(ctx); err != nil {
-		return nil, fmt.Errorf("%s: %w", w.name, err)
-	}
+	// written with the order it produces (or its failure): one write less
 	w.observer().RequestChanged(*w.cr)
 	w.logger.Info("certificate request created", zapRequest(w.cr.ID), zapState(w.cr.State),
 		zap.Bool("on_demand", w.req.OnDemand), zap.Int("attempt", w.cr.Attempt))
@@ -120,9 +119,12 @@ func (w *workflow) obtain(ctx context.Context) (*certmagic.IssuedCertificate, er
 	if err != nil {
 		return nil, err
 	}
-	w.cr.Order = o.order.ID
-	if err := w.saveRequest(ctx); err != nil {
-		return nil, err
+	w.order = o
+	if w.cr.Order != o.order.ID { // resumed: the request now points at it
+		w.cr.Order = o.order.ID
+		if err := w.saveRequest(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return o.complete(ctx)
 }
@@ -133,12 +135,14 @@ func (w *workflow) recordSuccess(ctx context.Context) {
 	now := time.Now()
 	w.cr.State, w.cr.Reason, w.cr.Updated = RequestReady, "", now
 	w.cr.Took = Duration(now.Sub(w.started))
-	if err := w.saveRequest(ctx); err != nil {
-		w.logger.Error("recording issued certificate request", zapRequest(w.cr.ID), zap.Error(err))
-	}
 	w.rec.Failures, w.rec.NextAttempt, w.rec.LastError, w.rec.CurrentOrder = 0, time.Time{}, "", ""
-	if err := w.saveNameRecord(ctx); err != nil {
-		w.logger.Error("recording name after issuance", zap.Error(err))
+	// the valid order, the ready request and the name: independent writes
+	if err := parallel(
+		func() error { return w.order.setState(ctx, OrderValid, "") },
+		w.saveRequestFunc(ctx),
+		w.saveNameRecordFunc(ctx),
+	); err != nil {
+		w.logger.Error("recording the issued certificate", zapRequest(w.cr.ID), zap.Error(err))
 	}
 	w.observer().RequestChanged(*w.cr)
 	w.logger.Info("certificate issued", zapRequest(w.cr.ID), zapOrder(w.cr.Order),
@@ -174,15 +178,11 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 		}
 		w.observer().BackoffStarted(w.name, w.rec.NextAttempt, reason)
 	}
-	if err := w.saveNameRecord(ctx); err != nil {
-		w.logger.Error("recording failure backoff", zap.Error(err))
-	}
-
 	w.cr.State, w.cr.Reason, w.cr.Updated = RequestFailed, reason, now
 	w.cr.NextAttempt = nextAttempt
 	w.cr.Took = Duration(now.Sub(w.started))
-	if err := w.saveRequest(ctx); err != nil {
-		w.logger.Error("recording failed certificate request", zapRequest(w.cr.ID), zap.Error(err))
+	if err := parallel(w.saveNameRecordFunc(ctx), w.saveRequestFunc(ctx)); err != nil {
+		w.logger.Error("recording the failure", zapRequest(w.cr.ID), zap.Error(err))
 	}
 	w.logger.Error("certificate request failed", zapRequest(w.cr.ID), zapOrder(w.cr.Order),
 		zapState(RequestFailed), zapReason(reason), zapTook(now.Sub(w.started)),
@@ -265,4 +265,12 @@ func (w *workflow) observer() Observer {
 		return w.opts.Observer
 	}
 	return nopObserver{}
+}
+
+func (w *workflow) saveNameRecordFunc(ctx context.Context) func() error {
+	return func() error { return w.saveNameRecord(ctx) }
+}
+
+func (w *workflow) saveRequestFunc(ctx context.Context) func() error {
+	return func() error { return w.saveRequest(ctx) }
 }

@@ -137,6 +137,30 @@ func (s *Scheduler) Acquire(ctx context.Context, t Ticket) (release func(), err 
 	}
 }
 
+// TryAcquire grants a slot at once if one is free and nobody is waiting
+// ahead of t; it never queues.
+func (s *Scheduler) TryAcquire(t Ticket) (release func(), ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.live >= s.limits.MaxLive || (t.Key != "" && s.liveKeys[t.Key] > 0) {
+		return nil, false
+	}
+	s.seq++
+	tk := &ticket{Ticket: t, seq: s.seq, ready: make(chan struct{})}
+	for _, q := range s.queue {
+		if goesBefore(q, tk) {
+			return nil, false
+		}
+	}
+	s.live++
+	if tk.Key != "" {
+		s.liveKeys[tk.Key]++
+	}
+	tk.granted = true
+	close(tk.ready)
+	return s.releaseFunc(tk), true
+}
+
 func (s *Scheduler) releaseFunc(tk *ticket) func() {
 	var once sync.Once
 	return func() {

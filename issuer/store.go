@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"path"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -159,12 +160,35 @@ func storageErr(step, key string, err error) error {
 
 // saveResource writes a resource whose state went from `from` ("" when new)
 // to `to`, and keeps the index in step.
+// The index markers are written concurrently with the resource: each write
+// is a file sync on the file system storage, and they do not depend on each
+// other (a stale marker is harmless, queries check the resource itself).
 func (s store) saveResource(ctx context.Context, kind, id, name, from, to string, v any) error {
-	if err := s.save(ctx, kind, id, v); err != nil {
-		return err
+	if from == to && from != "" {
+		return s.save(ctx, kind, id, v)
 	}
-	if from != to || from == "" {
-		return s.reindex(ctx, kind, id, name, from, to)
+	return parallel(
+		func() error { return s.save(ctx, kind, id, v) },
+		func() error { return s.reindex(ctx, kind, id, name, from, to) },
+	)
+}
+
+// parallel runs fns concurrently and joins their errors. Used for storage
+// writes that do not depend on each other, so an issuance waits for one
+// write's latency instead of their sum.
+func parallel(fns ...func() error) error {
+	if len(fns) == 1 {
+		return fns[0]()
 	}
-	return nil
+	errs := make([]error, len(fns))
+	var wg sync.WaitGroup
+	for i, fn := range fns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
