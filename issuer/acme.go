@@ -19,8 +19,8 @@ import (
 
 // newACMEClient builds the low-level acmez client shared by every request to
 // one CA with one account: one HTTP transport (connections and the nonce pool
-// are reused), the CA's Retry-After captured per call, and a short poll
-// interval for acmez's own finalize polling (see finalizeAndWait).
+// are reused) and the CA's Retry-After captured per call. acmez's own
+// fixed-interval finalize polling is only a fallback (see finalizeAndWait).
 func newACMEClient(cfg AccountConfig) (*acme.Client, error) {
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
 	if len(cfg.TrustedRootsPEMFiles) > 0 {
@@ -51,9 +51,9 @@ func newACMEClient(cfg AccountConfig) (*acme.Client, error) {
 		ForceAttemptHTTP2:     true,
 	}
 	return &acme.Client{
-		Directory:    cfg.CA,
-		HTTPClient:   &http.Client{Transport: retryAfterTransport{transport}, Timeout: timeout},
-		UserAgent:    "certflow",
+		Directory:  cfg.CA,
+		HTTPClient: &http.Client{Transport: retryAfterTransport{transport}, Timeout: timeout},
+		UserAgent:  "certflow",
 		// acmez's own fixed-interval polling of a processing order is
 		// only the polite fallback: finalizeAndWait polls faster, with
 		// backoff, and ends acmez's wait
