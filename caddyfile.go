@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/mholt/acmez/v3/acme"
 )
@@ -34,12 +35,33 @@ import (
 //	        attempt_timeout <duration>
 //	        timeout <duration>
 //	    }
+//	    dns <provider> [<provider args...>] [{
+//	        <provider options>
+//	    }]
+//	    propagation_timeout <duration|-1>
+//	    propagation_delay <duration>
+//	    resolvers <host[:port]...>
+//	    dns_ttl <duration>
+//	    dns_challenge_override_domain <domain>
+//	    dns_serialize
 //	}
 //
 // The directory URL may be given as the argument or with dir, not both.
 // timeout is the timeout of each request to the CA (acme_timeout in JSON).
 // Durations and counts must be positive. trusted_roots and self_check may be
 // repeated: files and resolvers accumulate, later self_check settings win.
+//
+// The DNS options mirror the stock acme issuer's and fill challenges.dns in
+// JSON. dns loads any dns.providers.<provider> module (a caddy-dns plugin)
+// and enables the dns-01 challenge; Caddy's global dns option does not reach
+// certflow, so the provider must be named here. propagation_timeout -1 skips
+// the propagation check; propagation_delay may be 0; resolvers (port 53 by
+// default) are where the propagation check asks instead of the zone's
+// authoritative nameservers, and accumulate like trusted_roots. The
+// propagation check runs every second, or every self_check interval when
+// that is set, each attempt bounded by self_check attempt_timeout.
+// dns_serialize runs challenges that write the same TXT record (a wildcard
+// and its apex) one at a time. The other DNS options need dns.
 func (iss *Issuer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume issuer name
 
@@ -144,11 +166,21 @@ func (iss *Issuer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 
+		case "dns", "propagation_timeout", "propagation_delay", "resolvers",
+			"dns_ttl", "dns_challenge_override_domain", "dns_serialize":
+			if err := iss.unmarshalDNSOption(d); err != nil {
+				return err
+			}
+
 		default:
 			return d.Errf("unrecognized certflow option '%s'", d.Val())
 		}
 	}
 
+	if c := iss.Challenges; c != nil && c.DNS != nil && c.DNS.ProviderRaw == nil {
+		return d.Err("the DNS challenge options need a DNS provider: add 'dns <provider>' " +
+			"(Caddy's global dns option does not reach certflow)")
+	}
 	return nil
 }
 
@@ -158,6 +190,106 @@ func (iss *Issuer) challenges() *ChallengesConfig {
 		iss.Challenges = new(ChallengesConfig)
 	}
 	return iss.Challenges
+}
+
+// dnsChallenge returns iss.Challenges.DNS, allocating it first if needed.
+func (iss *Issuer) dnsChallenge() *DNSChallengeConfig {
+	c := iss.challenges()
+	if c.DNS == nil {
+		c.DNS = new(DNSChallengeConfig)
+	}
+	return c.DNS
+}
+
+// unmarshalDNSOption parses one of the DNS challenge options, with the
+// dispenser on its name:
+//
+//	dns <provider> [<provider args...>] [{ <provider options> }]
+//	propagation_timeout <duration|-1>
+//	propagation_delay <duration>
+//	resolvers <host[:port]...>
+//	dns_ttl <duration>
+//	dns_challenge_override_domain <domain>
+//	dns_serialize
+func (iss *Issuer) unmarshalDNSOption(d *caddyfile.Dispenser) error {
+	opt := d.Val()
+	cfg := iss.dnsChallenge()
+	switch opt {
+	case "dns":
+		if !d.NextArg() {
+			return d.Err("dns needs a provider name, e.g. 'dns cloudflare {env.CF_API_TOKEN}' " +
+				"(Caddy's global dns option does not reach certflow)")
+		}
+		if cfg.ProviderRaw != nil {
+			return d.Err("a DNS provider is already specified")
+		}
+		name := d.Val()
+		unm, err := caddyfile.UnmarshalModule(d, "dns.providers."+name)
+		if err != nil {
+			return err
+		}
+		cfg.ProviderRaw = caddyconfig.JSONModuleObject(unm, "name", name, nil)
+
+	case "propagation_timeout":
+		var s string
+		if !d.AllArgs(&s) {
+			return d.ArgErr()
+		}
+		if s == "-1" {
+			cfg.PropagationTimeout = -1
+			return nil
+		}
+		dur, err := caddy.ParseDuration(s)
+		if err != nil || dur <= 0 {
+			return d.Errf("invalid propagation_timeout '%s': want a positive duration, or -1 to skip the propagation check", s)
+		}
+		cfg.PropagationTimeout = caddy.Duration(dur)
+
+	case "propagation_delay":
+		var s string
+		if !d.AllArgs(&s) {
+			return d.ArgErr()
+		}
+		dur, err := caddy.ParseDuration(s)
+		if err != nil {
+			return d.Errf("invalid propagation_delay duration '%s': %v", s, err)
+		}
+		if dur < 0 {
+			return d.Errf("invalid propagation_delay duration '%s': must not be negative", s)
+		}
+		cfg.PropagationDelay = caddy.Duration(dur)
+
+	case "resolvers":
+		resolvers := d.RemainingArgs()
+		if len(resolvers) == 0 {
+			return d.ArgErr()
+		}
+		for _, r := range resolvers {
+			if err := checkDNSResolver(r); err != nil {
+				return d.Errf("invalid resolver '%s': %v", r, err)
+			}
+		}
+		cfg.Resolvers = append(cfg.Resolvers, resolvers...)
+
+	case "dns_ttl":
+		dur, err := durationArg(d, opt)
+		if err != nil {
+			return err
+		}
+		cfg.TTL = dur
+
+	case "dns_challenge_override_domain":
+		if !d.AllArgs(&cfg.OverrideDomain) {
+			return d.ArgErr()
+		}
+
+	case "dns_serialize":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		cfg.Serialize = true
+	}
+	return nil
 }
 
 // parseFailureBackoff parses the arguments of

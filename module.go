@@ -317,6 +317,7 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 	if err := iss.shadow.Provision(ctx); err != nil {
 		return fmt.Errorf("provisioning the challenge-serving shadow issuer: %w", err)
 	}
+	iss.startObserving(ctx) // events, metrics, CA request logs (observer.go)
 	return nil
 }
 
@@ -355,6 +356,7 @@ func (iss *Issuer) Validate() error {
 // Cleanup releases this instance's hold on the shared engine. Work in flight
 // finishes with the storage and options it started with.
 func (iss *Issuer) Cleanup() error {
+	iss.stopObserving()
 	if iss.engineKey != "" {
 		return issuer.ReleaseEngine(iss.engineKey)
 	}
@@ -388,6 +390,7 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 	if iss.options == nil {
 		return // not provisioned: nothing can issue through this instance
 	}
+	iss.observe(opts, cfg.Storage) // sets opts.Observer; registers the storage for the admin API
 	iss.options.Store(opts)
 	if iss.engine != nil {
 		iss.engine.StartMaintenance(opts)

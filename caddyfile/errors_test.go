@@ -5,6 +5,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	// dns.providers.rfc2136, for the DNS golden files and cases
+	_ "github.com/caddy-dns/rfc2136"
 )
 
 // siteWith wraps certflow options in a site's tls issuer block; the first
@@ -47,8 +50,8 @@ func TestAdaptErrors(t *testing.T) {
 		},
 		{
 			name:      "unknown option in global cert_issuer",
-			caddyfile: globalWith("dns_serialize"),
-			wantMsg:   "unrecognized certflow option 'dns_serialize'",
+			caddyfile: globalWith("dns_serialise"),
+			wantMsg:   "unrecognized certflow option 'dns_serialise'",
 			wantLine:  3,
 		},
 		{
@@ -248,6 +251,90 @@ func TestAdaptErrors(t *testing.T) {
 			caddyfile: siteWith("self_check {", "\tattempt_timeout 5", "}"),
 			wantMsg:   "invalid self_check attempt_timeout duration '5'",
 			wantLine:  5,
+		},
+		{
+			name:      "dns without provider",
+			caddyfile: siteWith("dns"),
+			wantMsg:   "dns needs a provider name",
+			wantLine:  4,
+		},
+		{
+			name:      "dns provider not registered",
+			caddyfile: siteWith("dns nosuchprovider token"),
+			wantMsg:   "dns.providers.nosuchprovider",
+			wantLine:  4,
+		},
+		{
+			name:      "dns provider option error",
+			caddyfile: globalWith("dns rfc2136 {", "\tkey_name certflow", "\tcolour blue", "}"),
+			wantMsg:   "unrecognized subdirective 'colour'",
+			wantLine:  5,
+		},
+		{
+			name:      "second dns provider",
+			caddyfile: siteWith("dns rfc2136 {", "\tkey_name k", "\tkey_alg hmac-sha256", "\tkey c2VjcmV0", "\tserver 127.0.0.1:53", "}", "dns rfc2136 {", "}"),
+			wantMsg:   "a DNS provider is already specified",
+			wantLine:  10,
+		},
+		{
+			name:      "dns options without provider",
+			caddyfile: siteWith("propagation_timeout 2m", "dns_serialize"),
+			wantMsg:   "the DNS challenge options need a DNS provider",
+			wantLine:  6,
+		},
+		{
+			name:      "propagation_timeout zero",
+			caddyfile: siteWith("propagation_timeout 0"),
+			wantMsg:   "invalid propagation_timeout '0': want a positive duration, or -1",
+			wantLine:  4,
+		},
+		{
+			name:      "propagation_timeout other negative",
+			caddyfile: globalWith("propagation_timeout -2"),
+			wantMsg:   "invalid propagation_timeout '-2'",
+			wantLine:  3,
+		},
+		{
+			name:      "propagation_delay negative",
+			caddyfile: siteWith("propagation_delay -1s"),
+			wantMsg:   "invalid propagation_delay duration '-1s': must not be negative",
+			wantLine:  4,
+		},
+		{
+			name:      "propagation_delay without argument",
+			caddyfile: siteWith("propagation_delay"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "dns resolver bad port",
+			caddyfile: siteWith("resolvers 1.1.1.1:53 8.8.8.8:dns"),
+			wantMsg:   "invalid resolver '8.8.8.8:dns'",
+			wantLine:  4,
+		},
+		{
+			name:      "dns resolvers without argument",
+			caddyfile: globalWith("resolvers"),
+			wantMsg:   "wrong argument count",
+			wantLine:  3,
+		},
+		{
+			name:      "dns_ttl zero",
+			caddyfile: siteWith("dns_ttl 0s"),
+			wantMsg:   "invalid dns_ttl duration '0s': must be positive",
+			wantLine:  4,
+		},
+		{
+			name:      "override domain two arguments",
+			caddyfile: siteWith("dns_challenge_override_domain a.example b.example"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "dns_serialize with argument",
+			caddyfile: siteWith("dns_serialize on"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,10 +2,12 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/miekg/dns"
 
 	certflow "github.com/certflow/certflow"
 	"github.com/certflow/certflow/integration/rig"
@@ -39,6 +42,13 @@ var unreachable = netip.MustParseAddr("127.0.0.2")
 // waited.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) time.Duration {
 	t.Helper()
+	return waitForDiag(t, what, timeout, cond, nil)
+}
+
+// waitForDiag is waitFor that, on timeout, adds diag's description of the
+// situation to the failure.
+func waitForDiag(t *testing.T, what string, timeout time.Duration, cond func() bool, diag func() string) time.Duration {
+	t.Helper()
 	start := time.Now()
 	deadline := start.Add(timeout)
 	for {
@@ -46,7 +56,11 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 			return time.Since(start)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+			msg := ""
+			if diag != nil {
+				msg = "\n" + diag()
+			}
+			t.Fatalf("timed out after %s waiting for %s%s", timeout, what, msg)
 		}
 		time.Sleep(pollEvery)
 	}
@@ -56,10 +70,13 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 // queued, so a test starts from a clean slate whatever ran before it.
 func schedulerIdle(t *testing.T) {
 	t.Helper()
-	waitFor(t, "the scheduler to be idle before the test", pollMax, func() bool {
+	waited := waitFor(t, "the scheduler to be idle before the test", pollMax, func() bool {
 		live, queued := issuer.DefaultScheduler().Stats()
 		return live == 0 && queued == 0
 	})
+	if waited > 100*time.Millisecond {
+		t.Logf("waited %s for challenges of earlier tests to leave the scheduler", waited.Round(time.Millisecond))
+	}
 }
 
 // block makes names resolve to an address where nothing listens, so their
@@ -273,4 +290,118 @@ func newOrderIdentifiers(body []byte) []string {
 		out = append(out, strings.ToLower(id.Value))
 	}
 	return out
+}
+
+// startSlowDNS starts a DNS server on 127.0.0.1 (UDP and TCP on one port)
+// that answers every A query with 127.0.0.1 and every other query with an
+// empty answer, each only after delay: a slow but working resolver for
+// certflow's self-check. It is stopped at the end of the test.
+func startSlowDNS(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	var (
+		tcp net.Listener
+		udp net.PacketConn
+		err error
+	)
+	for range 20 {
+		if tcp, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		udp, err = net.ListenPacket("udp", tcp.Addr().String())
+		if err == nil {
+			break
+		}
+		_ = tcp.Close()
+	}
+	if err != nil {
+		t.Fatalf("no port free for a slow DNS server over both TCP and UDP: %v", err)
+	}
+	stop := make(chan struct{})
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		select {
+		case <-time.After(delay):
+		case <-stop:
+		}
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		for _, q := range r.Question {
+			if q.Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{
+					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 1},
+					A:   net.IPv4(127, 0, 0, 1),
+				})
+			}
+		}
+		_ = w.WriteMsg(m)
+	})
+	servers := []*dns.Server{{Listener: tcp, Handler: handler}, {PacketConn: udp, Handler: handler}}
+	for _, s := range servers {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		go func() { _ = s.ActivateAndServe() }()
+		select {
+		case <-started:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the slow DNS server did not start")
+		}
+	}
+	t.Cleanup(func() {
+		close(stop)
+		for _, s := range servers {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = s.ShutdownContext(ctx)
+			cancel()
+		}
+	})
+	return tcp.Addr().String()
+}
+
+// schedulerDiag describes the scheduler and the stored challenges of names,
+// for a failed wait.
+func (e *env) schedulerDiag(names ...string) func() string {
+	return func() string {
+		live, queued := issuer.DefaultScheduler().Stats()
+		var b strings.Builder
+		fmt.Fprintf(&b, "scheduler: %d live, %d queued, limits %+v\n", live, queued, issuer.DefaultScheduler().Limits())
+		for _, n := range names {
+			all, _ := rig.LoadResources(e.storage, "challenges")
+			for _, r := range all {
+				if r["name"] == n {
+					fmt.Fprintf(&b, "challenge %s: state %v, self_checks %v, reason %v\n", n, r["state"], r["self_checks"], r["reason"])
+				}
+			}
+			reqs, _ := rig.LoadResources(e.storage, "requests")
+			for _, r := range reqs {
+				if r["name"] == n {
+					fmt.Fprintf(&b, "request %s: state %v, reason %v\n", n, r["state"], r["reason"])
+				}
+			}
+		}
+		return b.String()
+	}
+}
+
+// reload loads cfg into the running Caddy (a config reload, not a restart)
+// and waits until the new servers answer: right after caddy.Load returns,
+// the old servers are still shutting down and the first connection can be
+// reset (seen on Linux, where Caddy binds with SO_REUSEPORT). A handshake
+// for probe, a name whose certificate is cached, must succeed three times
+// in a row, each within 2 s, all within 10 s.
+func (e *env) reload(cfg rig.CaddyConfig, probe string) {
+	e.t.Helper()
+	e.run(cfg)
+	ok, tries := 0, 0
+	for deadline := time.Now().Add(10 * time.Second); ok < 3; tries++ {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("after the reload, handshakes for %s kept failing (%d tries)", probe, tries)
+		}
+		if _, err := rig.Handshake(e.addr(), probe, e.ca.IssuerRoots(), 2*time.Second); err != nil {
+			e.t.Logf("after the reload: %v", err)
+			ok = 0
+			time.Sleep(pollEvery)
+			continue
+		}
+		ok++
+	}
 }

@@ -10,7 +10,8 @@ import (
 // max_concurrent_challenges takes effect without a restart. Under cap 1 two
 // blocked names get one live challenge and one queued; after reloading with
 // cap 3 (same env, same Caddy process), three blocked names are live at
-// once, which the old cap forbade, and all are issued once unblocked.
+// once, which the old cap forbade, and all are issued once unblocked. The
+// handshake for a name issued before the reload keeps working after it.
 func TestReloadChangesChallengeCap(t *testing.T) {
 	schedulerIdle(t)
 	e := newEnv(t, envOptions{})
@@ -23,10 +24,10 @@ func TestReloadChangesChallengeCap(t *testing.T) {
 	before := []string{"before1.test", "before2.test"}
 	e.block(before...)
 	wait := e.handshakeAsync(before...)
-	waitFor(t, "1 live and 1 queued challenge under cap 1", pollMax, func() bool {
+	waitForDiag(t, "1 live and 1 queued challenge under cap 1", pollMax, func() bool {
 		live, queued := sched.Stats()
 		return live == 1 && queued == 1
-	})
+	}, e.schedulerDiag(before...))
 	e.unblock(before...)
 	for n, r := range wait() {
 		if r.err != nil {
@@ -34,7 +35,7 @@ func TestReloadChangesChallengeCap(t *testing.T) {
 		}
 	}
 
-	e.run(e.config(e.issuer(schedulerExtra(3))))
+	e.reload(e.config(e.issuer(schedulerExtra(3))), before[0])
 	if got := sched.Limits().MaxLive; got != 3 {
 		t.Fatalf("MaxLive = %d after reloading with max_concurrent_challenges 3", got)
 	}
@@ -42,10 +43,10 @@ func TestReloadChangesChallengeCap(t *testing.T) {
 	e.block(names...)
 	mon := monitorLive(t)
 	wait = e.handshakeAsync(names...)
-	waitFor(t, "3 challenges live at once after the reload", pollMax, func() bool {
+	waitForDiag(t, "3 challenges live at once after the reload", pollMax, func() bool {
 		live, _ := sched.Stats()
 		return live == 3
-	})
+	}, e.schedulerDiag(names...))
 	e.unblock(names...)
 	for _, n := range names {
 		if r := wait()[n]; r.err != nil {

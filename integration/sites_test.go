@@ -54,7 +54,10 @@ func TestSitesTLSALPNSelfCheckRefused(t *testing.T) {
 	const name = "refused.test"
 	e.run(e.config(e.issuer(map[string]any{
 		"challenges": map[string]any{"http": map[string]any{"disabled": true}},
-		"self_check": map[string]any{"tlsalpn_port": deadPort, "timeout": "1s", "attempt_timeout": "500ms"},
+		// two attempts, 600ms apart, both refused at once; the 1s timeout
+		// falls in the wait after the second, never inside an attempt
+		// (TestSitesSelfCheckTimeoutKeepsReason covers that case)
+		"self_check": map[string]any{"tlsalpn_port": deadPort, "timeout": "1s", "interval": "600ms"},
 	})))
 
 	start := time.Now()
@@ -75,8 +78,8 @@ func TestSitesTLSALPNSelfCheckRefused(t *testing.T) {
 			t.Errorf("challenge reason %q does not mention %q", reason, want)
 		}
 	}
-	if number(ch["self_checks"]) < 1 {
-		t.Errorf("no failed self-check recorded: %s", dump(ch))
+	if number(ch["self_checks"]) < 2 {
+		t.Errorf("want the failed self-check retried on its interval (2 attempts): %s", dump(ch))
 	}
 	times, _ := ch["times"].(map[string]any)
 	if _, ok := times["accepted"]; ok {
@@ -94,5 +97,44 @@ func TestSitesTLSALPNSelfCheckRefused(t *testing.T) {
 	}
 	if left := e.tokenFiles(); len(left) != 0 {
 		t.Errorf("challenge tokens left in storage: %v", left)
+	}
+}
+
+// TestSitesSelfCheckTimeoutKeepsReason: when the self-check times out while
+// an attempt is still running, the challenge's final reason is still the
+// last real failure (the refused connection), not the error of the attempt
+// the self-check's own deadline cut short. The name resolves through a slow
+// (300ms) resolver, so with a 100ms interval the attempts start at about 0,
+// 400 and 800ms and the third one is always in its lookup when the 1s
+// timeout ends it.
+func TestSitesSelfCheckTimeoutKeepsReason(t *testing.T) {
+	schedulerIdle(t)
+	e := newEnv(t, envOptions{})
+	deadPort, err := rig.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := startSlowDNS(t, 300*time.Millisecond)
+	const name = "slowrefused.test"
+	e.run(e.config(e.issuer(map[string]any{
+		"challenges": map[string]any{"http": map[string]any{"disabled": true}},
+		"self_check": map[string]any{
+			"resolvers":       []string{slow},
+			"tlsalpn_port":    deadPort,
+			"timeout":         "1s",
+			"interval":        "100ms",
+			"attempt_timeout": "5s",
+		},
+	})))
+
+	if _, err := e.handshake(name); err == nil {
+		t.Fatalf("handshake for %s succeeded, but its self-check cannot pass", name)
+	}
+	ch := e.onlyChallenge(name)
+	if ch.str("state") != "errored" || number(ch["self_checks"]) < 2 {
+		t.Fatalf("want an errored challenge after at least 2 refused self-checks: %s", dump(ch))
+	}
+	if reason := ch.str("reason"); !strings.Contains(reason, "connection refused") {
+		t.Errorf("final reason %q hides the real failure (connection refused) behind the attempt cut short by the self-check timeout", reason)
 	}
 }

@@ -138,7 +138,7 @@ func NewDNS01(cfg DNS01Config) *DNS01 {
 // the record as the provider returned it. It holds nothing secret: the
 // record's value is published in the DNS anyway.
 type dnsMemo struct {
-	Zone   string    `json:"zone"`
+	Zone   string     `json:"zone"`
 	Record memoRecord `json:"record"`
 }
 
@@ -360,18 +360,17 @@ func checkMemo(m dnsMemo, chal acme.Challenge) (libdns.Record, error) {
 }
 
 // seenKey identifies a challenge's value at its record.
-func (s *DNS01) seenKey(chal acme.Challenge) string {
-	name, _ := s.recordName(chal)
-	return name + "|" + chal.DNS01KeyAuthorization()
-}
+func seenKey(fqdn, value string) string { return fqdn + "|" + value }
 
+// forget drops what SelfCheck remembered of chal.
 func (s *DNS01) forget(chal acme.Challenge) {
-	if chal.KeyAuthorization == "" {
+	name, err := s.recordName(chal)
+	if chal.KeyAuthorization == "" || err != nil {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.seen, s.seenKey(chal))
+	delete(s.seen, seenKey(name, chal.DNS01KeyAuthorization()))
 }
 
 // noteSeen records the servers that showed our value and returns those

@@ -85,7 +85,7 @@ func run() error {
 		defer os.RemoveAll(tmp)
 		binary = filepath.Join(tmp, "caddy")
 		fmt.Fprintf(os.Stderr, "building %s …\n", bench.CaddyPackage)
-		if err := bench.BuildCaddy(ctx, binary); err != nil {
+		if err := bench.BuildCaddy(ctx, binary, false); err != nil {
 			return err
 		}
 	}

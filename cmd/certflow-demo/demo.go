@@ -150,9 +150,16 @@ func (w *world) handshakes(ctx context.Context, names []string, timeout time.Dur
 	case <-done:
 		return results, nil
 	case <-ctx.Done():
-		// The handshakes end when Caddy stops; their results are dropped.
-		return nil, errInterrupted
 	}
+	// Stopping Caddy and the CA under an issuance in flight would leave it
+	// failing against closed ports for minutes: let it finish first.
+	fmt.Fprintf(w.log, "certflow-demo: interrupted; letting the handshakes in flight finish (up to %s; Ctrl-C again to quit at once)\n", interruptGrace)
+	select {
+	case <-done:
+	case <-time.After(interruptGrace):
+		fmt.Fprintln(w.log, "certflow-demo: handshakes still in flight; stopping anyway")
+	}
+	return nil, errInterrupted
 }
 
 // printShakes prints one line per handshake. With earlier results, it

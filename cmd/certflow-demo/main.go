@@ -40,8 +40,9 @@
 //
 // The exit status is 0 when every allowed handshake succeeded and the
 // refused name was refused, 1 otherwise, 2 for bad flags and 130 when
-// interrupted (Ctrl-C stops Caddy, the CA and the DNS server, and removes
-// the temporary directory unless -keep is given).
+// interrupted. Ctrl-C lets the handshakes in flight finish (up to 10s),
+// then stops Caddy, the CA and the DNS server and removes the temporary
+// directory unless -keep is given; a second Ctrl-C quits at once.
 package main
 
 import (
@@ -75,6 +76,14 @@ const (
 	firstTimeout = 60 * time.Second
 	// cachedTimeout bounds a handshake answered from the cache, or refused.
 	cachedTimeout = 10 * time.Second
+	// interruptGrace bounds how long an interrupted demo waits for the
+	// handshakes in flight before it stops everything.
+	interruptGrace = 10 * time.Second
+	// stopTimeout bounds the stopping of each server at the end.
+	stopTimeout = 10 * time.Second
+	// startAttempts is how often starting is tried when a port that was free
+	// a moment ago got taken (rig.FreePort cannot reserve it).
+	startAttempts = 3
 )
 
 // errInterrupted reports that the demo was stopped by a signal.
@@ -107,7 +116,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	// After the first signal, a second one kills the process the usual way.
 	context.AfterFunc(ctx, stop)
 
-	err = run(ctx, opts, stdout)
+	err = run(ctx, opts, stdout, stderr)
 	switch {
 	case errors.Is(err, errInterrupted):
 		fmt.Fprintln(stderr, "certflow-demo: interrupted; stopped Caddy, the CA and the DNS server")
@@ -172,17 +181,34 @@ type world struct {
 	dns       *rig.DNS
 	ca        *rig.CA
 	askURL    string
-	alpnName  string // the name with a TLS-ALPN-01-only policy, if any
+	alpnName  string    // the name with a TLS-ALPN-01-only policy, if any
+	log       io.Writer // where the demo's own notes go (stderr)
 
 	askMu   sync.Mutex
 	refused []string // names the ask endpoint refused, in order
 
-	closers []func() error // run in reverse order by close
+	closers []closer // run in reverse order by close
+}
+
+// closer stops one thing start started.
+type closer struct {
+	what string
+	stop func() error
 }
 
 // run starts the world, runs the demo and tears everything down.
-func run(ctx context.Context, opts options, out io.Writer) (err error) {
-	w, err := start(opts)
+func run(ctx context.Context, opts options, out, log io.Writer) (err error) {
+	var w *world
+	for attempt := 1; ; attempt++ {
+		w, err = start(opts, log)
+		if err == nil || attempt == startAttempts || !isAddrInUse(err) || ctx.Err() != nil {
+			break
+		}
+		// A port rig.FreePort found free was taken before Caddy bound it.
+		if cerr := w.close(false); cerr != nil {
+			return errors.Join(err, cerr)
+		}
+	}
 	defer func() {
 		if cerr := w.close(opts.keep); cerr != nil {
 			err = errors.Join(err, cerr)
@@ -200,10 +226,16 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	return w.demo(ctx, opts, out)
 }
 
+// isAddrInUse reports whether err comes from binding a port already in use.
+func isAddrInUse(err error) bool {
+	// Caddy does not always wrap the listener's error with %w.
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
 // start brings up DNS, the CA, the ask endpoint and Caddy. On error the
 // returned world holds what was started, for close.
-func start(opts options) (*world, error) {
-	w := &world{}
+func start(opts options, log io.Writer) (*world, error) {
+	w := &world{log: log}
 	var err error
 	if w.dir, err = os.MkdirTemp("", "certflow-demo-"); err != nil {
 		return w, fmt.Errorf("creating a temporary directory: %w", err)
@@ -225,7 +257,7 @@ func start(opts options) (*world, error) {
 	if w.dns, err = rig.StartDNS(); err != nil {
 		return w, err
 	}
-	w.closers = append(w.closers, w.dns.Close)
+	w.closers = append(w.closers, closer{"the DNS server", w.dns.Close})
 
 	caDir := filepath.Join(w.dir, "ca")
 	if err := os.Mkdir(caDir, 0o755); err != nil {
@@ -240,7 +272,7 @@ func start(opts options) (*world, error) {
 	if err != nil {
 		return w, err
 	}
-	w.closers = append(w.closers, w.ca.Close)
+	w.closers = append(w.closers, closer{"the CA", w.ca.Close})
 
 	var stopAsk func()
 	w.askURL, stopAsk, err = rig.StartAsk(func(name string) bool {
@@ -255,7 +287,7 @@ func start(opts options) (*world, error) {
 	if err != nil {
 		return w, err
 	}
-	w.closers = append(w.closers, func() error { stopAsk(); return nil })
+	w.closers = append(w.closers, closer{"the ask endpoint", func() error { stopAsk(); return nil }})
 
 	if len(opts.names) > 1 {
 		w.alpnName = opts.names[1]
@@ -267,7 +299,7 @@ func start(opts options) (*world, error) {
 	if err := rig.RunCaddy(cfgJSON); err != nil {
 		return w, err
 	}
-	w.closers = append(w.closers, rig.StopCaddy)
+	w.closers = append(w.closers, closer{"Caddy", rig.StopCaddy})
 	return w, nil
 }
 
@@ -318,11 +350,20 @@ func (w *world) issuerConfig(challenges map[string]any) map[string]any {
 }
 
 // close stops what start started, in reverse order, and removes the
-// temporary directory unless keep.
+// temporary directory unless keep. Each stop may take stopTimeout; one that
+// takes longer is left behind (the process is about to exit anyway).
 func (w *world) close(keep bool) error {
 	var errs []error
 	for i := len(w.closers) - 1; i >= 0; i-- {
-		errs = append(errs, w.closers[i]())
+		c := w.closers[i]
+		done := make(chan error, 1)
+		go func() { done <- c.stop() }()
+		select {
+		case err := <-done:
+			errs = append(errs, err)
+		case <-time.After(stopTimeout):
+			fmt.Fprintf(w.log, "certflow-demo: stopping %s takes longer than %s; leaving it\n", c.what, stopTimeout)
+		}
 	}
 	w.closers = nil
 	if w.dir != "" && !keep {

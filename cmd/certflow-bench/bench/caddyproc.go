@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -157,4 +158,29 @@ func (p *caddyProcess) running() bool {
 	default:
 		return true
 	}
+}
+
+// raceMarker starts every report of Go's race detector.
+const raceMarker = "WARNING: DATA RACE"
+
+// maxRaceExcerpt bounds how much of a race report an error carries.
+const maxRaceExcerpt = 4 << 10
+
+// raceReport returns an error carrying the start of the first data race
+// report in Caddy's output, if a Caddy built with -race printed one; call
+// it after the process exited.
+func (p *caddyProcess) raceReport() error {
+	out, err := os.ReadFile(p.outPath)
+	if err != nil {
+		return fmt.Errorf("reading Caddy's output for race reports: %w", err)
+	}
+	i := bytes.Index(out, []byte(raceMarker))
+	if i < 0 {
+		return nil
+	}
+	excerpt := out[i:]
+	if len(excerpt) > maxRaceExcerpt {
+		excerpt = excerpt[:maxRaceExcerpt]
+	}
+	return fmt.Errorf("caddy (pid %d) reported a data race:\n%s", p.pid, excerpt)
 }

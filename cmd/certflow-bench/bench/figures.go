@@ -28,7 +28,7 @@ type Figures struct {
 	Wall time.Duration
 	// CachedP50 is the median over runs of the cached handshakes' p50;
 	// CachedOK and CachedTried count them over all runs.
-	CachedP50            time.Duration
+	CachedP50             time.Duration
 	CachedOK, CachedTried int
 	// CachedFailures are the failed cached handshakes.
 	CachedFailures []Failure

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 )
 
 // Report is everything a benchmark measured.
@@ -117,13 +118,27 @@ func (s *ScenarioResult) print(w io.Writer) error {
 	}
 	rows = append(rows, count("  total (all kinds)", func(f Figures) float64 { return f.CATotalPerName }))
 
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", "figure", "stock", "certflow", "certflow/stock")
+	// labels are padded to one width so that they read left-aligned while
+	// the figures are right-aligned
+	width := len("figure")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", r.label, r.stock, r.certflow, r.ratio)
+		width = max(width, utf8.RuneCountInString(r.label))
+	}
+	pad := func(s string) string { return s + strings.Repeat(" ", width-utf8.RuneCountInString(s)) }
+	var table strings.Builder
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", pad("figure"), "stock", "certflow", "certflow/stock")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", pad(r.label), r.stock, r.certflow, r.ratio)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("writing the table of scenario %s: %w", sc, err)
+	}
+	for _, line := range strings.SplitAfter(table.String(), "\n") {
+		// tab-terminated cells leave trailing blanks; drop them
+		if trimmed := strings.TrimRight(line, " \n"); trimmed != "" {
+			fmt.Fprintln(w, trimmed)
+		}
 	}
 	printFailures(w, Stock, "new-name", st.Failures)
 	printFailures(w, Certflow, "new-name", cf.Failures)

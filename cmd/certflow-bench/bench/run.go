@@ -71,6 +71,10 @@ func (b *bench) runOnce(ctx context.Context, issuer string, sc Scenario, round, 
 	defer func() {
 		if stopErr := proc.stop(); stopErr != nil {
 			err = errors.Join(err, fmt.Errorf("stopping Caddy: %w", stopErr))
+			return
+		}
+		if raceErr := proc.raceReport(); raceErr != nil {
+			res, err = nil, errors.Join(err, raceErr)
 		}
 	}()
 	if err := proc.waitReady(ctx, r.httpsAddr()); err != nil {
@@ -134,105 +138,4 @@ func (r *run) startCaddy(ca *rig.CA) (*caddyProcess, error) {
 		return nil, fmt.Errorf("writing the Caddy config: %w", err)
 	}
 	return startCaddy(r.b.opts.CaddyBinary, configPath, r.dir, fmt.Sprintf("127.0.0.1:%d", r.adminPort))
-}
-
-// measure runs the warm-up, the burst of new names and the cached
-// handshakes against a ready Caddy and collects every figure.
-func (r *run) measure(ctx context.Context, ca *rig.CA, proc *caddyProcess) (*RunResult, error) {
-	opts := r.b.opts
-	roots := ca.IssuerRoots()
-	addr := r.httpsAddr()
-	res := &RunResult{Issuer: r.issuer, Scenario: r.scenario, Round: r.round}
-
-	sampler := startRSSSampler(ctx, proc.pid)
-	defer func() { _, _ = sampler.Stop() }() // idempotent; the result is taken below
-
-	warmName := fmt.Sprintf("warmup-%d.bench.test", r.seq)
-	took, err := handshake(ctx, addr, warmName, roots, opts.HandshakeTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("warm-up issuance for %s with %s failed after %s: %w (Caddy's log: %s)",
-			warmName, r.issuer, took.Round(time.Millisecond), err, filepath.Join(r.dir, "caddy.log"))
-	}
-	res.WarmUp = took
-
-	ca.ResetCounts()
-	cpuStart, err := readCPU(proc.pid)
-	if err != nil {
-		return nil, err
-	}
-	var capt *capture
-	if opts.TraceDir != "" {
-		base := fmt.Sprintf("%03d-%s-r%d-%s", r.seq, r.scenario, r.round, r.issuer)
-		capt = startCapture(ctx, proc.adminAddr, opts.TraceDir, base, opts.TraceSeconds)
-	}
-
-	names := make([]string, r.scenario.Names)
-	for i := range names {
-		names[i] = fmt.Sprintf("b%d-%d.bench.test", r.seq, i)
-	}
-	start := time.Now()
-	outcomes := burst(ctx, names, r.scenario.Concurrency, func(ctx context.Context, name string) (time.Duration, error) {
-		return handshake(ctx, addr, name, roots, opts.HandshakeTimeout)
-	})
-	res.Wall = time.Since(start)
-	cpuBurst, err := readCPU(proc.pid)
-	if err != nil {
-		return nil, err
-	}
-	res.BurstCPU = cpuBurst - cpuStart
-
-	issuedNames := []string{warmName}
-	for _, o := range outcomes {
-		if o.err != nil {
-			res.Failures = append(res.Failures, Failure{Name: o.name, Kind: errorKind(o.err), After: o.took, Err: o.err.Error()})
-			continue
-		}
-		res.Issued = append(res.Issued, o.took)
-		issuedNames = append(issuedNames, o.name)
-	}
-	if capt != nil {
-		if err := capt.Wait(); err != nil {
-			return nil, fmt.Errorf("capturing a trace of Caddy: %w", err)
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("benchmark interrupted: %w", err)
-	}
-
-	for i := range opts.CachedHandshakes {
-		name := issuedNames[i%len(issuedNames)]
-		took, err := handshake(ctx, addr, name, roots, cachedHandshakeTimeout)
-		if err != nil {
-			res.CachedFailures = append(res.CachedFailures, Failure{Name: name, Kind: errorKind(err), After: took, Err: err.Error()})
-			continue
-		}
-		res.Cached = append(res.Cached, took)
-	}
-	cpuEnd, err := readCPU(proc.pid)
-	if err != nil {
-		return nil, err
-	}
-	res.CPU = cpuEnd - cpuStart
-
-	res.CARequests = map[string]int{}
-	for _, kind := range countedKinds {
-		res.CARequests[kind] = ca.Count(kind)
-	}
-	res.CATotal = len(ca.Requests())
-
-	mem, err := readMemStatus(proc.pid)
-	if err != nil {
-		return nil, err
-	}
-	res.PeakRSS = mem.HWM
-	if res.SampledRSS, err = sampler.Stop(); err != nil {
-		return nil, err
-	}
-	if !proc.running() {
-		return nil, fmt.Errorf("caddy (pid %d) exited during the run: %v; its output is in %s", proc.pid, proc.waitErr, proc.outPath)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("benchmark interrupted: %w", err)
-	}
-	return res, nil
 }

@@ -57,21 +57,16 @@ func fmtBytes(n int64) string {
 	return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
 }
 
-// fmtRatio prints a ratio with precision that suits its size, "n/a" when
-// it is undefined.
+// fmtRatio prints num/den with three significant digits (so a ratio next
+// to a target such as 0.10 is not rounded onto it), "n/a" when it is
+// undefined.
 func fmtRatio(num, den float64) string {
 	if den == 0 || math.IsNaN(num) || math.IsNaN(den) {
 		return "n/a"
 	}
 	r := num / den
-	switch {
-	case r == 0:
-		return "0"
-	case r < 0.01:
-		return fmt.Sprintf("%.4f", r)
-	case r < 0.1:
-		return fmt.Sprintf("%.3f", r)
-	default:
-		return fmt.Sprintf("%.2f", r)
+	if r >= 1000 {
+		return fmt.Sprintf("%.0f", r)
 	}
+	return fmt.Sprintf("%.3g", r)
 }

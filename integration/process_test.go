@@ -1,0 +1,311 @@
+package integration
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/certflow/certflow/integration/rig"
+)
+
+// Process tests run the project's own Caddy binary (./cmd/caddy, certflow
+// compiled in) as child processes, with an in-process Pebble, DNS and ask
+// endpoint. The binary is built once per test binary, on first use, into a
+// temporary directory that TestMain removes.
+
+var (
+	caddyBinOnce sync.Once
+	caddyBinDir  string
+	caddyBinPath string
+	caddyBinErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if caddyBinDir != "" {
+		_ = os.RemoveAll(caddyBinDir)
+	}
+	os.Exit(code)
+}
+
+// caddyBinary returns the path of the project's Caddy binary, building it
+// on the first call.
+func caddyBinary(t *testing.T) string {
+	t.Helper()
+	caddyBinOnce.Do(func() {
+		caddyBinDir, caddyBinErr = os.MkdirTemp("", "certflow-caddy-bin-")
+		if caddyBinErr != nil {
+			return
+		}
+		caddyBinPath = filepath.Join(caddyBinDir, "caddy")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		start := time.Now()
+		caddyBinErr = rig.BuildCaddy(ctx, caddyBinPath)
+		t.Logf("built %s in %s", rig.CaddyPackage, time.Since(start).Round(time.Millisecond))
+	})
+	if caddyBinErr != nil {
+		t.Fatalf("building Caddy: %v", caddyBinErr)
+	}
+	return caddyBinPath
+}
+
+// node is one Caddy process of a procEnv: its ports, its directory and the
+// process currently running (nil when not running).
+type node struct {
+	name      string
+	httpPort  int
+	httpsPort int
+	dir       string
+	starts    int
+	proc      *rig.Process
+}
+
+func (n *node) addr() string { return fmt.Sprintf("127.0.0.1:%d", n.httpsPort) }
+
+// procEnv is the world of a process test: DNS, Pebble, an ask endpoint and
+// one file storage shared by every node (and every restart of a node).
+type procEnv struct {
+	t       *testing.T
+	binary  string
+	dns     *rig.DNS
+	ca      *rig.CA
+	askURL  string
+	storage string
+	nodes   map[string]*node
+	// validator is the node whose ports Pebble's validator connects to,
+	// and the ports every node's self-check uses.
+	validator *node
+}
+
+type procEnvOptions struct {
+	nodes      []string // node names; the last one is the one the CA validates through
+	authzReuse int
+}
+
+func newProcEnv(t *testing.T, o procEnvOptions) *procEnv {
+	t.Helper()
+	pe := &procEnv{t: t, binary: caddyBinary(t), storage: t.TempDir(), nodes: map[string]*node{}}
+	for _, name := range o.nodes {
+		n := &node{name: name, dir: t.TempDir()}
+		var err error
+		if n.httpPort, err = rig.FreePort(); err != nil {
+			t.Fatal(err)
+		}
+		if n.httpsPort, err = rig.FreePort(); err != nil {
+			t.Fatal(err)
+		}
+		pe.nodes[name] = n
+		pe.validator = n
+	}
+	var err error
+	if pe.dns, err = rig.StartDNS(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pe.dns.Close() })
+	pe.ca, err = rig.StartCA(rig.CAOptions{
+		HTTPPort: pe.validator.httpPort, TLSPort: pe.validator.httpsPort,
+		DNSAddr: pe.dns.Addr, AuthzReuse: o.authzReuse, Dir: t.TempDir(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pe.ca.Close() })
+	var stop func()
+	if pe.askURL, stop, err = rig.StartAsk(nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	// registered after the CA and DNS, so it runs before they close
+	t.Cleanup(func() {
+		for _, n := range pe.nodes {
+			if n.proc != nil {
+				if err := n.proc.Stop(5 * time.Second); err != nil {
+					t.Logf("stopping node %s: %v", n.name, err)
+				}
+			}
+		}
+	})
+	return pe
+}
+
+// issuer is the certflow issuer object every node uses: the self-check goes
+// through the test DNS to the validator node's ports, as Pebble does.
+func (pe *procEnv) issuer() map[string]any {
+	return map[string]any{
+		"module":                  "certflow",
+		"ca":                      pe.ca.DirectoryURL,
+		"email":                   "ops@example.com",
+		"trusted_roots_pem_files": []string{pe.ca.ServerRootsFile},
+		"challenges":              map[string]any{"tls-alpn": map[string]any{"disabled": true}},
+		"self_check": map[string]any{
+			"resolvers":       []string{pe.dns.Addr},
+			"http_port":       pe.validator.httpPort,
+			"tlsalpn_port":    pe.validator.httpsPort,
+			"interval":        "100ms",
+			"attempt_timeout": "1s",
+			"timeout":         "30s",
+		},
+	}
+}
+
+// start starts (or restarts) node name on the shared storage and waits until
+// it serves.
+func (pe *procEnv) start(name string) *rig.Process {
+	t := pe.t
+	t.Helper()
+	n := pe.nodes[name]
+	if n.proc != nil {
+		select {
+		case <-n.proc.Exited():
+		default:
+			t.Fatalf("node %s is still running (pid %d)", name, n.proc.PID)
+		}
+	}
+	cfg := rig.CaddyConfig{
+		HTTPPort:    n.httpPort,
+		HTTPSPort:   n.httpsPort,
+		StorageRoot: pe.storage,
+		AskURL:      pe.askURL,
+		Issuer:      pe.issuer(),
+	}
+	b, err := cfg.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.starts++
+	cfgPath := filepath.Join(n.dir, fmt.Sprintf("caddy-%d.json", n.starts))
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(n.dir, fmt.Sprintf("caddy-%d.log", n.starts))
+	p, err := rig.StartProcess(pe.binary, cfgPath, n.dir, logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.proc = p
+	if err := p.WaitReady(n.addr(), 30*time.Second); err != nil {
+		t.Fatalf("node %s: %v\n%s", name, err, tail(p.Log(), 40))
+	}
+	t.Logf("node %s started (pid %d, start %d)", name, p.PID, n.starts)
+	return p
+}
+
+// kill SIGKILLs node name's process and waits until it is gone.
+func (pe *procEnv) kill(name string) {
+	pe.t.Helper()
+	n := pe.nodes[name]
+	if err := n.proc.Kill(); err != nil {
+		pe.t.Fatal(err)
+	}
+	pe.t.Logf("node %s killed (pid %d)", name, n.proc.PID)
+}
+
+// handshake does a TLS handshake with node name for sni and verifies the
+// chain against Pebble's root and the leaf for sni.
+func (pe *procEnv) handshake(name, sni string, timeout time.Duration) (*x509.Certificate, error) {
+	state, err := rig.Handshake(pe.nodes[name].addr(), sni, pe.ca.IssuerRoots(), timeout)
+	if err != nil {
+		return nil, err
+	}
+	leaf := state.PeerCertificates[0]
+	if !contains(leaf.DNSNames, sni) {
+		return nil, fmt.Errorf("handshake for %s got a certificate for %v", sni, leaf.DNSNames)
+	}
+	return leaf, nil
+}
+
+// resources returns the stored resources of a kind for a name, oldest first.
+func (pe *procEnv) resources(kind, name string) []resource {
+	pe.t.Helper()
+	return loadResources(pe.t, pe.storage, kind, name)
+}
+
+func loadResources(t *testing.T, storage, kind, name string) []resource {
+	t.Helper()
+	all, err := rig.LoadResources(storage, kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []resource
+	for _, r := range all {
+		if name == "" || r["name"] == name {
+			out = append(out, resource(r))
+		}
+	}
+	// IDs sort by creation time
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].str("id") < out[j-1].str("id"); j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// tokenFiles lists the challenge token files left in the shared storage.
+func (pe *procEnv) tokenFiles() []string {
+	matches, _ := filepath.Glob(filepath.Join(pe.storage, "acme", "*", "challenge_tokens", "*.json"))
+	return matches
+}
+
+// nameRecord reads certflow's record of name, nil if there is none.
+func nameRecordOf(t *testing.T, storage, name string) map[string]any {
+	t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(storage, "certflow", "*", "names", name+".json"))
+	if len(matches) == 0 {
+		return nil
+	}
+	b, err := os.ReadFile(matches[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// caSummary renders the CA's request counts by kind, for the test log.
+func caSummary(ca *rig.CA) string {
+	counts := map[string]int{}
+	var order []string
+	for _, r := range ca.Requests() {
+		if counts[r.Kind] == 0 {
+			order = append(order, r.Kind)
+		}
+		counts[r.Kind]++
+	}
+	parts := make([]string, 0, len(order))
+	for _, k := range order {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, counts[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// countLines counts the lines of s containing sub.
+func countLines(s, sub string) int {
+	n := 0
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, sub) {
+			n++
+		}
+	}
+	return n
+}
