@@ -48,6 +48,12 @@ func (r *orderRun) solve(ctx context.Context, ch *Challenge, authz acme.Authoriz
 	if c.solver == nil {
 		return c.finish(ctx, ChallengeErrored, fmt.Sprintf("no solver for challenge type %s", ch.Type))
 	}
+	if !ch.Times.Presented.IsZero() && !ch.CleanedUp {
+		// resumed after a crash with something presented: whatever path
+		// the challenge takes now, its final state cleans that up
+		c.presented = true
+		c.chal = acme.Challenge{Type: ch.Type, Token: ch.Token, Identifier: authz.Identifier}
+	}
 
 	var key string
 	if k, ok := c.solver.(solvers.ExclusionKeyer); ok {

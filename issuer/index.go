@@ -7,17 +7,21 @@ import (
 	"github.com/caddyserver/certmagic"
 )
 
-// The index lets status views list resources by name and by state without
-// reading every stored object. It is a set of empty marker keys, written
-// only when a resource is created or reaches a final state, so it costs a
-// few storage writes per resource, not per transition:
+// The index lets status views list resources newest first, by name and by
+// state, without reading (or even listing) every stored object. It is a set
+// of empty marker keys, written only when a resource is created or reaches
+// a final state, concurrently with the resource itself:
 //
-//	certflow/<issuer key>/index/<kind>/name/<name>/<id>   one per resource
-//	certflow/<issuer key>/index/<kind>/inflight/<id>      while not final
-//	certflow/<issuer key>/index/<kind>/state/<state>/<id> once final
+//	certflow/<issuer key>/index/<kind>/all/<hour>/<id>           one per resource
+//	certflow/<issuer key>/index/<kind>/name/<name>/<id>          one per resource
+//	certflow/<issuer key>/index/<kind>/inflight/<id>             while not final
+//	certflow/<issuer key>/index/<kind>/state/<state>/<hour>/<id> once final
 //
-// Resources in flight are few (bounded by the scheduler), so a query for an
-// in-flight state reads just those. Markers are deleted with their resource.
+// <hour> is the creation hour taken from the ID (IDs sort by creation time),
+// so a page of a list reads a few small folders whatever the number of
+// stored resources. Resources in flight are few (bounded by the scheduler).
+// Markers are deleted with their resource; a stale marker is harmless, as
+// queries check the resource itself.
 
 const indexDir = "index"
 
@@ -34,7 +38,27 @@ func (s store) inflightMarker(kind, id string) string {
 }
 
 func (s store) stateMarker(kind, state, id string) string {
-	return path.Join(s.indexPrefix(kind), "state", certmagic.StorageKeys.Safe(state), certmagic.StorageKeys.Safe(id))
+	return path.Join(s.stateDir(kind, state), hourBucket(id), certmagic.StorageKeys.Safe(id))
+}
+
+func (s store) stateDir(kind, state string) string {
+	return path.Join(s.indexPrefix(kind), "state", certmagic.StorageKeys.Safe(state))
+}
+
+func (s store) allMarker(kind, id string) string {
+	return path.Join(s.allDir(kind), hourBucket(id), certmagic.StorageKeys.Safe(id))
+}
+
+func (s store) allDir(kind string) string { return path.Join(s.indexPrefix(kind), "all") }
+
+// hourBucket is the creation hour of an ID ("20261127-14"); IDs made by
+// newID start with it.
+func hourBucket(id string) string {
+	const n = len("20060102-15")
+	if len(id) < n {
+		return "other"
+	}
+	return id[:n]
 }
 
 // isFinalState reports whether state is final for resources of kind.
@@ -70,6 +94,7 @@ func (s store) reindex(ctx context.Context, kind, id, name, from, to string) err
 	var ops []func() error
 	if from == "" {
 		ops = append(ops, func() error { return put(s.nameMarker(kind, name, id)) })
+		ops = append(ops, func() error { return put(s.allMarker(kind, id)) })
 		if !isFinal {
 			ops = append(ops, func() error { return put(s.inflightMarker(kind, id)) })
 		}
@@ -91,7 +116,7 @@ func (s store) reindex(ctx context.Context, kind, id, name, from, to string) err
 
 // unindex removes every marker of a resource (when it is deleted).
 func (s store) unindex(ctx context.Context, kind, id, name, state string) {
-	for _, key := range []string{s.nameMarker(kind, name, id), s.inflightMarker(kind, id), s.stateMarker(kind, state, id)} {
+	for _, key := range []string{s.nameMarker(kind, name, id), s.allMarker(kind, id), s.inflightMarker(kind, id), s.stateMarker(kind, state, id)} {
 		_ = s.storage.Delete(ctx, key)
 	}
 }

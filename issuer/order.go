@@ -243,6 +243,7 @@ func (r *orderRun) complete(ctx context.Context) (*certmagic.IssuedCertificate, 
 			}
 			return nil, r.fail(ctx, state, err)
 		}
+		r.step(OrderReady)
 	}
 	return r.finalize(ctx)
 }

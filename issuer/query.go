@@ -61,7 +61,7 @@ type Page struct {
 // ErrBadQuery is a query that cannot be answered as asked.
 var ErrBadQuery = errors.New("bad query")
 
-// List returns a page of resources matching q.
+// List returns a page of resources matching q, newest first.
 func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 	switch q.Kind {
 	case KindRequest, KindOrder, KindChallenge:
@@ -74,80 +74,90 @@ func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 	}
 	limit = min(limit, 1000)
 
-	ids, mustCheckState, err := r.candidates(ctx, q)
-	if err != nil {
-		return Page{}, err
-	}
-	slices.Sort(ids)
-	slices.Reverse(ids)
-	if q.After != "" {
-		i, _ := slices.BinarySearchFunc(ids, q.After, func(id, after string) int {
-			// ids are descending: find the first id below the cursor
-			switch {
-			case id > after:
-				return -1
-			case id < after:
-				return 1
-			}
-			return 0
-		})
-		for i < len(ids) && ids[i] >= q.After {
-			i++
-		}
-		ids = ids[i:]
-	}
-
 	var page Page
-	for _, id := range ids {
-		if len(page.Items) == limit {
-			page.Next = string(lastID(page))
-			break
+	// take offers one candidate ID (newest first); it reports whether the
+	// page is full
+	take := func(id string) (bool, error) {
+		if q.After != "" && id >= q.After {
+			return false, nil
 		}
 		b, err := r.s.storage.Load(ctx, r.s.key(q.Kind, id))
 		if isNotExist(err) {
-			continue // trimmed meanwhile; its marker goes next
+			return false, nil // trimmed meanwhile; its marker goes next
 		}
 		if err != nil {
-			return Page{}, storageErr("loading", r.s.key(q.Kind, id), err)
+			return false, storageErr("loading", r.s.key(q.Kind, id), err)
 		}
-		if mustCheckState || q.Name != "" {
-			var head resourceHead
-			if json.Unmarshal(b, &head) != nil {
-				continue
-			}
-			if (q.State != "" && head.State != q.State) || (q.Name != "" && head.Name != q.Name) {
-				continue
-			}
+		var head resourceHead
+		if json.Unmarshal(b, &head) != nil {
+			return false, nil
+		}
+		if (q.State != "" && head.State != q.State) || (q.Name != "" && head.Name != q.Name) {
+			return false, nil
 		}
 		page.Items = append(page.Items, b)
+		if len(page.Items) == limit {
+			page.Next = head.ID
+			return true, nil
+		}
+		return false, nil
+	}
+
+	idx := r.s.indexPrefix(q.Kind)
+	var err error
+	switch {
+	case q.Name != "":
+		err = r.walkFlat(ctx, path.Join(idx, "name", certmagic.StorageKeys.Safe(q.Name)), take)
+	case q.State != "" && !isFinalState(q.Kind, q.State):
+		err = r.walkFlat(ctx, path.Join(idx, "inflight"), take)
+	case q.State != "":
+		err = r.walkBuckets(ctx, r.s.stateDir(q.Kind, q.State), q.After, take)
+	default:
+		err = r.walkBuckets(ctx, r.s.allDir(q.Kind), q.After, take)
+	}
+	if err != nil {
+		return Page{}, err
 	}
 	return page, nil
 }
 
-func lastID(p Page) string {
-	var head resourceHead
-	_ = json.Unmarshal(p.Items[len(p.Items)-1], &head)
-	return head.ID
+// walkFlat offers the IDs in one folder, newest first.
+func (r Reader) walkFlat(ctx context.Context, dir string, take func(string) (bool, error)) error {
+	ids, err := r.listIDs(ctx, dir)
+	if err != nil {
+		return err
+	}
+	return offerNewestFirst(ids, take)
 }
 
-// candidates returns the IDs the index offers for q, and whether their
-// state must still be checked on the object.
-func (r Reader) candidates(ctx context.Context, q Query) ([]string, bool, error) {
-	idx := r.s.indexPrefix(q.Kind)
-	switch {
-	case q.Name != "":
-		ids, err := r.listIDs(ctx, path.Join(idx, "name", certmagic.StorageKeys.Safe(q.Name)))
-		return ids, q.State != "", err
-	case q.State != "" && isFinalState(q.Kind, q.State):
-		ids, err := r.listIDs(ctx, path.Join(idx, "state", certmagic.StorageKeys.Safe(q.State)))
-		return ids, false, err
-	case q.State != "":
-		ids, err := r.listIDs(ctx, path.Join(idx, "inflight"))
-		return ids, true, err
-	default:
-		ids, err := r.listIDs(ctx, path.Join(r.s.prefix(), q.Kind))
-		return ids, false, err
+// walkBuckets offers the IDs of an hour-bucketed folder, newest first,
+// listing only the buckets it needs: those not newer than the cursor, until
+// the page is full.
+func (r Reader) walkBuckets(ctx context.Context, dir, after string, take func(string) (bool, error)) error {
+	buckets, err := r.listIDs(ctx, dir)
+	if err != nil {
+		return err
 	}
+	slices.Sort(buckets)
+	slices.Reverse(buckets)
+	for _, b := range buckets {
+		if after != "" && b > hourBucket(after) {
+			continue
+		}
+		ids, err := r.listIDs(ctx, path.Join(dir, b))
+		if err != nil {
+			return err
+		}
+		slices.Sort(ids)
+		slices.Reverse(ids)
+		for _, id := range ids {
+			full, err := take(id)
+			if err != nil || full {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (r Reader) listIDs(ctx context.Context, dir string) ([]string, error) {
@@ -167,6 +177,18 @@ func (r Reader) listIDs(ctx context.Context, dir string) ([]string, error) {
 		ids = append(ids, base)
 	}
 	return ids, nil
+}
+
+func offerNewestFirst(ids []string, take func(string) (bool, error)) error {
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	for _, id := range ids {
+		full, err := take(id)
+		if err != nil || full {
+			return err
+		}
+	}
+	return nil
 }
 
 // NameStatus is where one name stands, like `cmctl status certificate`: its
