@@ -12,14 +12,14 @@ import (
 // of empty marker keys, written only when a resource is created or reaches
 // a final state, concurrently with the resource itself:
 //
-//	certflow/<issuer key>/index/<kind>/all/<hour>/<id>           one per resource
+//	certflow/<issuer key>/index/<kind>/all/<time>/<id>           one per resource
 //	certflow/<issuer key>/index/<kind>/name/<name>/<id>          one per resource
 //	certflow/<issuer key>/index/<kind>/inflight/<id>             while not final
-//	certflow/<issuer key>/index/<kind>/state/<state>/<hour>/<id> once final
+//	certflow/<issuer key>/index/<kind>/state/<state>/<time>/<id> once final
 //
-// <hour> is the creation hour taken from the ID (IDs sort by creation time),
-// so a page of a list reads a few small folders whatever the number of
-// stored resources. Resources in flight are few (bounded by the scheduler).
+// <time> is hour/minute/second of creation, taken from the ID (IDs sort by
+// creation time), so a page of a list reads a few small folders whatever
+// the number of stored resources. Resources in flight are few (bounded by the scheduler).
 // Markers are deleted with their resource; a stale marker is harmless, as
 // queries check the resource itself.
 
@@ -38,7 +38,7 @@ func (s store) inflightMarker(kind, id string) string {
 }
 
 func (s store) stateMarker(kind, state, id string) string {
-	return path.Join(s.stateDir(kind, state), hourBucket(id), certmagic.StorageKeys.Safe(id))
+	return path.Join(append(append([]string{s.stateDir(kind, state)}, timeBuckets(id)...), certmagic.StorageKeys.Safe(id))...)
 }
 
 func (s store) stateDir(kind, state string) string {
@@ -46,21 +46,21 @@ func (s store) stateDir(kind, state string) string {
 }
 
 func (s store) allMarker(kind, id string) string {
-	return path.Join(s.allDir(kind), hourBucket(id), certmagic.StorageKeys.Safe(id))
+	return path.Join(append(append([]string{s.allDir(kind)}, timeBuckets(id)...), certmagic.StorageKeys.Safe(id))...)
 }
 
 func (s store) allDir(kind string) string { return path.Join(s.indexPrefix(kind), "all") }
 
-// hourBucket is the creation hour of an ID ("20261127-14"); IDs made by
-// newID start with it.
-func hourBucket(id string) string {
-	const n = len("20060102-15")
+// timeBuckets are the folders an ID's marker goes in: its creation hour,
+// minute and second ("20261127-14", "27", "19"), so no folder grows large
+// even when thousands of resources are created in a minute.
+func timeBuckets(id string) []string {
+	const n = len("20060102-150405")
 	if len(id) < n {
-		return "other"
+		return []string{"other", "00", "00"}
 	}
-	return id[:n]
+	return []string{id[:11], id[11:13], id[13:15]}
 }
-
 // isFinalState reports whether state is final for resources of kind.
 func isFinalState(kind, state string) bool {
 	switch kind {

@@ -130,34 +130,51 @@ func (r Reader) walkFlat(ctx context.Context, dir string, take func(string) (boo
 	return offerNewestFirst(ids, take)
 }
 
-// walkBuckets offers the IDs of an hour-bucketed folder, newest first,
-// listing only the buckets it needs: those not newer than the cursor, until
-// the page is full.
+// walkBuckets offers the IDs of a time-bucketed folder (hour/minute/second,
+// see timeBuckets), newest first, listing only the folders it needs: those
+// not newer than the cursor, until the page is full.
 func (r Reader) walkBuckets(ctx context.Context, dir, after string, take func(string) (bool, error)) error {
-	buckets, err := r.listIDs(ctx, dir)
-	if err != nil {
-		return err
+	var cursor []string
+	if after != "" {
+		cursor = timeBuckets(after)
 	}
-	slices.Sort(buckets)
-	slices.Reverse(buckets)
-	for _, b := range buckets {
-		if after != "" && b > hourBucket(after) {
-			continue
-		}
-		ids, err := r.listIDs(ctx, path.Join(dir, b))
-		if err != nil {
-			return err
-		}
-		slices.Sort(ids)
-		slices.Reverse(ids)
-		for _, id := range ids {
-			full, err := take(id)
-			if err != nil || full {
-				return err
+	_, err := r.walkLevel(ctx, dir, cursor, 0, take)
+	return err
+}
+
+// walkLevel walks one level of buckets; onCursorPath is implied by a
+// non-nil cursor: buckets newer than the cursor's are skipped, older ones
+// are walked whole. It reports whether the page is full.
+func (r Reader) walkLevel(ctx context.Context, dir string, cursor []string, level int, take func(string) (bool, error)) (bool, error) {
+	names, err := r.listIDs(ctx, dir)
+	if err != nil {
+		return false, err
+	}
+	slices.Sort(names)
+	slices.Reverse(names)
+	if level == len(timeBuckets("")) {
+		for _, id := range names {
+			if full, err := take(id); err != nil || full {
+				return full, err
 			}
 		}
+		return false, nil
 	}
-	return nil
+	for _, b := range names {
+		var sub []string
+		if cursor != nil {
+			switch {
+			case b > cursor[level]:
+				continue
+			case b == cursor[level]:
+				sub = cursor // still on the cursor's path
+			}
+		}
+		if full, err := r.walkLevel(ctx, path.Join(dir, b), sub, level+1, take); err != nil || full {
+			return full, err
+		}
+	}
+	return false, nil
 }
 
 func (r Reader) listIDs(ctx context.Context, dir string) ([]string, error) {
