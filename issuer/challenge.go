@@ -169,18 +169,26 @@ func (c *challengeRun) live(ctx context.Context, authz acme.Authorization, readA
 func (c *challengeRun) selfCheck(ctx context.Context, tuning solvers.SelfCheckTuning) error {
 	checkCtx, cancel := context.WithTimeout(ctx, tuning.Timeout)
 	defer cancel()
+	var last error // the reason of the last attempt that ran to its end
 	for {
 		err := c.solver.SelfCheck(checkCtx, c.chal)
 		if err == nil {
 			return nil
 		}
-		c.ch.SelfChecks++
-		if err := c.record(ctx, "self-check failed: "+err.Error()); err != nil {
-			return err
-		}
-		if c.ch.SelfChecks == 1 || c.ch.SelfChecks%10 == 0 {
-			c.logger.Warn("self-check failed; retrying", zapState(c.ch.State), zapReason(err.Error()),
-				zap.Int("attempts", c.ch.SelfChecks), zap.Duration("interval", tuning.Interval))
+		if checkCtx.Err() != nil && last != nil {
+			// cut short by the deadline: its reason would only say
+			// so; the previous attempt's reason is the real one
+			err = last
+		} else {
+			last = err
+			c.ch.SelfChecks++
+			if err := c.record(ctx, "self-check failed: "+err.Error()); err != nil {
+				return err
+			}
+			if c.ch.SelfChecks == 1 || c.ch.SelfChecks%10 == 0 {
+				c.logger.Warn("self-check failed; retrying", zapState(c.ch.State), zapReason(err.Error()),
+					zap.Int("attempts", c.ch.SelfChecks), zap.Duration("interval", tuning.Interval))
+			}
 		}
 		select {
 		case <-checkCtx.Done():
