@@ -19,6 +19,7 @@ func TestCluster(t *testing.T) {
 	a, b := pe.start("a"), pe.start("b")
 
 	t.Run("requested on A, validated through B", func(t *testing.T) {
+		pe := pe.in(t)
 		const name = "via-b.test"
 		start := time.Now()
 		if _, err := pe.handshake("a", name, 30*time.Second); err != nil {
@@ -45,6 +46,7 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("same name on A and B at once", func(t *testing.T) {
+		pe := pe.in(t)
 		const name = "both.test"
 		var wg sync.WaitGroup
 		gate := make(chan struct{})
@@ -89,6 +91,7 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("A crashes mid-challenge, B finishes its order", func(t *testing.T) {
+		pe := pe.in(t)
 		const name = "takeover.test"
 		pe.dns.SetAddrs(name, unreachable)
 		defer pe.dns.ResetAddrs(name)

@@ -161,6 +161,13 @@ func testCrashAt(t *testing.T, point string, authzReuse int) {
 	case <-time.After(pollMax):
 		t.Fatal("the handshake with the killed process did not end")
 	}
+	// a request the hook let through after the kill is logged by the rig
+	// once Pebble has answered it
+	if point == crashInFinalize {
+		waitFor(t, "Pebble to answer the finalize request of the dead process", 5*time.Second, func() bool {
+			return pe.ca.Count(rig.KindFinalize) == 1
+		})
+	}
 	t.Logf("killed at %q; CA requests so far: %s", point, caSummary(pe.ca))
 
 	// what the killed process left in storage
@@ -239,6 +246,7 @@ func testCrashAt(t *testing.T, point string, authzReuse int) {
 		if old.str("state") != "errored" || !strings.Contains(old.str("reason"), "replaced by a new order") {
 			t.Errorf("the replaced order should be errored with its reason recorded: %s", dump(old))
 		}
+		t.Logf("replaced order: %s: %q", old.str("state"), old.str("reason"))
 		if cur.str("state") != "valid" || number(cur["reused_authorizations"]) != 1 || cur["challenges"] != nil {
 			t.Errorf("the new order should be valid, reusing the authorization without a challenge: %s", dump(cur))
 		}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,6 +26,9 @@ const (
 	// permission client and of the ask server, timers).
 	goroutineMargin = 25
 )
+
+// queueFullText is the text of issuer.ErrQueueFull.
+var queueFullText = issuer.ErrQueueFull.Error()
 
 // TestFloodDeniedNames: 2000 handshakes (50 at a time) for names the
 // on-demand permission endpoint denies create no certflow resource, leave
@@ -125,11 +129,14 @@ func TestFloodDeniedNames(t *testing.T) {
 func TestFloodPastQueueBound(t *testing.T) {
 	schedulerIdle(t)
 	e := newEnv(t, envOptions{})
-	e.run(e.config(e.issuer(map[string]any{
+	cfg := e.config(e.issuer(map[string]any{
 		"max_concurrent_challenges": 1,
 		"max_queued_challenges":     5,
 		"self_check":                map[string]any{"interval": "50ms", "timeout": "30s"},
-	})))
+	}))
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	cfg.LogFile = logFile
+	e.run(cfg)
 	if l := issuer.DefaultScheduler().Limits(); l.MaxLive != 1 || l.MaxQueued != 5 {
 		t.Fatalf("scheduler limits %+v after provisioning 1 live, 5 queued", l)
 	}
@@ -173,7 +180,21 @@ func TestFloodPastQueueBound(t *testing.T) {
 		}
 	}
 	t.Logf("slowest rejection: %s", slowest.Round(time.Millisecond))
-	if slowest > 2*time.Second {
+	// they were refused for the queue bound, not for anything else
+	logged, _ := os.ReadFile(logFile)
+	for _, n := range rejected {
+		found := false
+		for _, line := range strings.Split(string(logged), "\n") {
+			if strings.Contains(line, n) && strings.Contains(line, queueFullText) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("Caddy's log has no %q error for %s", queueFullText, n)
+		}
+	}
+	if slowest > 3*time.Second {
 		t.Errorf("the slowest rejection past the queue bound took %s; they should fail fast", slowest)
 	}
 	if live, q := issuer.DefaultScheduler().Stats(); live != 1 || q != 5 {

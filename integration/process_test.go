@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -136,6 +137,14 @@ func newProcEnv(t *testing.T, o procEnvOptions) *procEnv {
 	return pe
 }
 
+// in returns a view of pe for subtest t (same nodes, CA and storage), so
+// that its helpers fail t, never a parent test, from t's goroutine.
+func (pe *procEnv) in(t *testing.T) *procEnv {
+	c := *pe
+	c.t = t
+	return &c
+}
+
 // issuer is the certflow issuer object every node uses: the self-check goes
 // through the test DNS to the validator node's ports, as Pebble does.
 func (pe *procEnv) issuer() map[string]any {
@@ -241,11 +250,7 @@ func loadResources(t *testing.T, storage, kind, name string) []resource {
 		}
 	}
 	// IDs sort by creation time
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j].str("id") < out[j-1].str("id"); j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
+	sort.Slice(out, func(i, j int) bool { return out[i].str("id") < out[j].str("id") })
 	return out
 }
 

@@ -26,12 +26,9 @@ func schedulerExtra(max int) map[string]any {
 // wait in its queue, and the stored [scheduled, finished] intervals of the
 // five challenges never overlap.
 func TestSchedulerCapOneSerializesChallenges(t *testing.T) {
-	T0 := time.Now()
 	schedulerIdle(t)
 	e := newEnv(t, envOptions{})
-	t.Logf("PHASE env %s", time.Since(T0))
 	e.run(e.config(e.issuer(schedulerExtra(1))))
-	t.Logf("PHASE run %s", time.Since(T0))
 	if got := issuer.DefaultScheduler().Limits().MaxLive; got != 1 {
 		t.Fatalf("scheduler MaxLive = %d after provisioning max_concurrent_challenges 1", got)
 	}
@@ -46,7 +43,6 @@ func TestSchedulerCapOneSerializesChallenges(t *testing.T) {
 		live, queued := issuer.DefaultScheduler().Stats()
 		return live == 1 && queued == 4
 	})
-	t.Logf("PHASE queued %s", time.Since(T0))
 	e.unblock(names...)
 
 	for _, n := range names {

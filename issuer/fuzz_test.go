@@ -127,7 +127,7 @@ func fuzzSeeds() [][]byte {
 			Expires: now.Add(24 * time.Hour), Created: now, Updated: now},
 		Challenge{Version: SchemaVersion, ID: "c1", Order: "o1", Name: "a.test", Type: "http-01", Token: "tok",
 			AuthorizationURL: "https://ca.test/authz/1", URL: "https://ca.test/chall/1", State: ChallengePresented,
-			Presented: json.RawMessage(`{"zone":"test.","record":{"name":"_acme-challenge","value":"x"}}`),
+			Presented:  json.RawMessage(`{"zone":"test.","record":{"name":"_acme-challenge","value":"x"}}`),
 			SelfChecks: 3, Created: now, Updated: now, Times: ChallengeTimes{Scheduled: now, Presented: now}},
 		NameRecord{Version: SchemaVersion, Name: "a.test", CurrentOrder: "o1", Failures: 3,
 			NextAttempt: now.Add(time.Hour), LastError: "x", TypeOffset: 1, Updated: now},

@@ -24,6 +24,7 @@ type orderRun struct {
 	acme  acme.Order
 
 	lastChange time.Time // of the order's state, for "took"
+	resumed    bool      // loaded from storage rather than created now
 }
 
 // resumeOrCreateOrder resumes the name's stored Order if it is still usable,
@@ -89,7 +90,7 @@ func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error
 	}
 	fresh.Location = o.URL
 	o.Request, o.State = w.cr.ID, fresh.Status
-	run := &orderRun{w: w, order: &o, acme: fresh, lastChange: time.Now()}
+	run := &orderRun{w: w, order: &o, acme: fresh, lastChange: time.Now(), resumed: true}
 	if err := run.save(ctx); err != nil {
 		return nil, err
 	}
@@ -229,6 +230,15 @@ func (r *orderRun) fail(ctx context.Context, state string, err error) error {
 // complete solves every authorization the CA does not already hold as
 // valid, then finalizes the order and downloads the chain.
 func (r *orderRun) complete(ctx context.Context) (*certmagic.IssuedCertificate, error) {
+	if r.acme.Status == acme.StatusReady && r.resumed {
+		// every authorization is valid: challenges a crashed process left
+		// unfinished were validated by the CA; finish and clean them up
+		for i := range r.acme.Authorizations {
+			if _, err := r.finishStoredChallenge(ctx, i, r.w.ids[min(i, len(r.w.ids)-1)]); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if r.acme.Status == acme.StatusPending {
 		if err := r.authorize(ctx); err != nil {
 			state := OrderPending // transient: the order stays resumable
@@ -279,6 +289,9 @@ func (r *orderRun) authorizeOne(ctx context.Context, index int, authzURL string)
 	read := time.Now()
 	switch authz.Status {
 	case acme.StatusValid:
+		if ours, err := r.finishStoredChallenge(ctx, index, authz.Identifier); err != nil || ours {
+			return err // our own challenge made it valid (before a restart)
+		}
 		r.mu.Lock()
 		r.order.ReusedAuthzs++
 		r.mu.Unlock()
@@ -355,6 +368,41 @@ func (r *orderRun) challengeFor(ctx context.Context, index int, authz acme.Autho
 	r.order.Challenges = append(r.order.Challenges, ch.ID)
 	r.mu.Unlock()
 	return ch, nil
+}
+
+// finishStoredChallenge finds an unfinished stored challenge of this order
+// for the authorization at index (left by a process that died after the CA
+// was asked to validate it) and, the authorization being valid, marks it
+// valid and cleans up what it presented. It reports whether there was one.
+func (r *orderRun) finishStoredChallenge(ctx context.Context, index int, id acme.Identifier) (bool, error) {
+	w := r.w
+	for attempt := 1; attempt <= maxChallengesPerAuthz; attempt++ {
+		var ch Challenge
+		err := w.store.load(ctx, KindChallenge, challengeID(r.order.ID, index, attempt), &ch)
+		if isNotExist(err) || errors.Is(err, ErrCorrupt) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if isFinalChallengeState(ch.State) {
+			continue
+		}
+		ch.indexed = ch.State
+		c := &challengeRun{
+			r:      r,
+			ch:     &ch,
+			solver: w.opts.Solvers[ch.Type],
+			logger: w.logger.With(zapOrder(r.order.ID), zapChallenge(ch.ID), zap.String("type", ch.Type)),
+			last:   ch.Updated,
+		}
+		if c.solver != nil && !ch.Times.Presented.IsZero() && !ch.CleanedUp {
+			c.presented = true
+			c.chal = acme.Challenge{Type: ch.Type, Token: ch.Token, Identifier: id}
+		}
+		return true, c.finish(ctx, ChallengeValid, "validated by the CA before this process resumed the order")
+	}
+	return false, nil
 }
 
 // pickChallenge chooses the first enabled type the CA offers, starting from

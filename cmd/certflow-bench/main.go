@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -44,6 +45,7 @@ func run() error {
 	scenarios := flag.String("scenarios", bench.DefaultScenarios, "comma-separated scenarios: N (N names one at a time) or NxC (N names, C in flight)")
 	rounds := flag.Int("rounds", 5, "rounds of each single-name scenario (median reported)")
 	quick := flag.Bool("quick", false, "run "+bench.QuickScenarios+" for a fast look ("+fmt.Sprint(quickRounds)+" rounds unless -rounds is given)")
+	issuers := flag.String("issuers", bench.Stock+","+bench.Certflow, "issuers to run, comma-separated (one alone, e.g. to profile, prints no ratios)")
 	cached := flag.Int("cached", 200, "cached handshakes timed per run")
 	timeout := flag.Duration("timeout", 90*time.Second, "timeout of one handshake for a new name")
 	workDir := flag.String("workdir", "", "parent directory of the runs' storage (local disk); default the temp directory")
@@ -93,6 +95,7 @@ func run() error {
 	report, runErr := bench.Run(ctx, bench.Options{
 		CaddyBinary:      binary,
 		Scenarios:        list,
+		Issuers:          strings.Split(*issuers, ","),
 		Rounds:           *rounds,
 		CachedHandshakes: *cached,
 		HandshakeTimeout: *timeout,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/certflow/certflow/integration/rig"
@@ -17,11 +18,12 @@ type bench struct {
 	askURL string
 }
 
-// Run runs every scenario of opts with both issuers, alternating them run by
-// run, and returns what was measured. Single-name scenarios are repeated
-// opts.Rounds times, the issuer that goes first alternating from round to
-// round; other scenarios run once per issuer, stock first. Each run starts a
-// fresh Pebble and a fresh Caddy process with fresh storage.
+// Run runs every scenario of opts with each issuer of opts.Issuers (both by
+// default), alternating them run by run, and returns what was measured.
+// Single-name scenarios are repeated opts.Rounds times, the issuer that goes
+// first alternating from round to round; other scenarios run once per
+// issuer, stock first. Each run starts a fresh Pebble and a fresh Caddy
+// process with fresh storage.
 //
 // Run returns an error, and the runs finished so far, when a run cannot be
 // measured or ctx ends; failed handshakes are not errors but results.
@@ -56,14 +58,14 @@ func (b *bench) runAll(ctx context.Context) (*Report, error) {
 	report := &Report{Options: b.opts, Started: time.Now()}
 	total := 0
 	for _, sc := range b.opts.Scenarios {
-		total += 2 * b.roundsOf(sc)
+		total += len(b.opts.Issuers) * b.roundsOf(sc)
 	}
 	seq := 0
 	for _, sc := range b.opts.Scenarios {
 		sr := &ScenarioResult{Scenario: sc}
 		report.Scenarios = append(report.Scenarios, sr)
 		for round := range b.roundsOf(sc) {
-			for _, issuer := range issuerOrder(round) {
+			for _, issuer := range issuerOrder(b.opts.Issuers, round) {
 				seq++
 				fmt.Fprintf(b.opts.Progress, "[%d/%d] scenario %s, round %d, %s: running\n", seq, total, sc, round+1, issuer)
 				res, err := b.runOnce(ctx, issuer, sc, round+1, seq)
@@ -87,14 +89,16 @@ func (b *bench) roundsOf(sc Scenario) int {
 	return 1
 }
 
-// issuerOrder is the order of the issuers in a round (0-based): stock first
-// in even rounds, certflow first in odd ones, so neither always runs on a
-// machine the other just warmed up.
-func issuerOrder(round int) []string {
+// issuerOrder is the order of the issuers in a round (0-based): as given
+// (stock first by default) in even rounds, reversed in odd ones, so neither
+// always runs on a machine the other just warmed up.
+func issuerOrder(issuers []string, round int) []string {
 	if round%2 == 0 {
-		return []string{Stock, Certflow}
+		return issuers
 	}
-	return []string{Certflow, Stock}
+	reversed := slices.Clone(issuers)
+	slices.Reverse(reversed)
+	return reversed
 }
 
 // summaryLine is the progress line of a finished run.

@@ -22,6 +22,9 @@ type Options struct {
 	CaddyBinary string
 	// Scenarios are the cases to run, in order. Required.
 	Scenarios []Scenario
+	// Issuers are the issuers to run, Stock and Certflow by default; one
+	// alone (e.g. to profile certflow) leaves the ratios undefined.
+	Issuers []string
 	// Rounds is how many times each single-name scenario is repeated
 	// (each round a fresh Caddy per issuer); its figures are medians.
 	// Other scenarios run once per issuer. Default 5.
@@ -73,6 +76,16 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if len(o.Scenarios) == 0 {
 		return o, errors.New("bench options: no scenarios")
+	}
+	if len(o.Issuers) == 0 {
+		o.Issuers = []string{Stock, Certflow}
+	}
+	seen := map[string]bool{}
+	for _, iss := range o.Issuers {
+		if iss != Stock && iss != Certflow || seen[iss] {
+			return o, fmt.Errorf("bench options: issuers must be %q and/or %q, each once; got %q", Stock, Certflow, o.Issuers)
+		}
+		seen[iss] = true
 	}
 	if o.Rounds == 0 {
 		o.Rounds = defaultRounds

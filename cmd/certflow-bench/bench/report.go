@@ -118,6 +118,18 @@ func (s *ScenarioResult) print(w io.Writer) error {
 	}
 	rows = append(rows, count("  total (all kinds)", func(f Figures) float64 { return f.CATotalPerName }))
 
+	for i := range rows {
+		if rows[i].stock == "" && rows[i].certflow == "" {
+			continue // a heading
+		}
+		if !okS {
+			rows[i].stock, rows[i].ratio = "-", "n/a"
+		}
+		if !okC {
+			rows[i].certflow, rows[i].ratio = "-", "n/a"
+		}
+	}
+
 	// labels are padded to one width so that they read left-aligned while
 	// the figures are right-aligned
 	width := len("figure")

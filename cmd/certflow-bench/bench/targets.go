@@ -32,7 +32,7 @@ func (r *Report) printTargets(w io.Writer) {
 	var ts []target
 
 	if st, cf, ok := figs("1"); ok {
-		ts = append(ts, target{what: "1 name: issuance p50 ≤ 0.10 × stock", ratio: fmtRatio(float64(cf.P50), float64(st.P50)),
+		ts = append(ts, target{what: "1 name: issuance p50 ≤ 0.10 × stock", ratio: fmtTargetRatio(float64(cf.P50), float64(st.P50)),
 			met: float64(cf.P50) <= 0.10*float64(st.P50)})
 	} else {
 		ts = append(ts, target{what: "1 name: issuance p50 ≤ 0.10 × stock", absent: true})
@@ -45,7 +45,7 @@ func (r *Report) printTargets(w io.Writer) {
 			continue
 		}
 		ts = append(ts, target{what: what,
-			ratio: fmt.Sprintf("%s, %d/%d failed (stock %d/%d)", fmtRatio(float64(cf.Wall), float64(st.Wall)),
+			ratio: fmt.Sprintf("%s, %d/%d failed (stock %d/%d)", fmtTargetRatio(float64(cf.Wall), float64(st.Wall)),
 				len(cf.Failures), cf.Names, len(st.Failures), st.Names),
 			met: float64(cf.Wall) <= 0.02*float64(st.Wall) && len(cf.Failures) == 0})
 	}
@@ -60,7 +60,7 @@ func (r *Report) printTargets(w io.Writer) {
 			ts = append(ts, target{what: what, ratio: fmt.Sprintf("%d/%d failed; no 200x50 run to compare RSS with", len(cf.Failures), cf.Names)})
 		default:
 			ts = append(ts, target{what: what,
-				ratio: fmt.Sprintf("%d/%d failed, RSS %s", len(cf.Failures), cf.Names, fmtRatio(float64(cf.PeakRSS), float64(st200.PeakRSS))),
+				ratio: fmt.Sprintf("%d/%d failed, RSS %s", len(cf.Failures), cf.Names, fmtTargetRatio(float64(cf.PeakRSS), float64(st200.PeakRSS))),
 				met:   len(cf.Failures) == 0 && float64(cf.PeakRSS) <= 1.5*float64(st200.PeakRSS)})
 		}
 	}
@@ -71,9 +71,9 @@ func (r *Report) printTargets(w io.Writer) {
 		}
 		name := s.Scenario.String()
 		ts = append(ts,
-			target{what: name + ": cached handshake p50 ≤ 1.05 × stock", ratio: fmtRatio(float64(cf.CachedP50), float64(st.CachedP50)),
+			target{what: name + ": cached handshake p50 ≤ 1.05 × stock", ratio: fmtTargetRatio(float64(cf.CachedP50), float64(st.CachedP50)),
 				met: float64(cf.CachedP50) <= 1.05*float64(st.CachedP50)},
-			target{what: name + ": peak RSS ≤ 1.2 × stock", ratio: fmtRatio(float64(cf.PeakRSS), float64(st.PeakRSS)),
+			target{what: name + ": peak RSS ≤ 1.2 × stock", ratio: fmtTargetRatio(float64(cf.PeakRSS), float64(st.PeakRSS)),
 				met: float64(cf.PeakRSS) <= 1.2*float64(st.PeakRSS)})
 	}
 
@@ -88,4 +88,13 @@ func (r *Report) printTargets(w io.Writer) {
 		}
 		fmt.Fprintf(w, "%-60s %-40s %s\n", t.what, t.ratio, verdict)
 	}
+}
+
+// fmtTargetRatio prints a ratio with four significant digits, enough to
+// show on which side of a target such as 1.05 it falls.
+func fmtTargetRatio(num, den float64) string {
+	if den == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.4g", num/den)
 }
