@@ -14,12 +14,12 @@ import (
 //
 //	certflow/<issuer key>/index/<kind>/all/<time>/<id>           one per resource
 //	certflow/<issuer key>/index/<kind>/name/<name>/<id>          one per resource
-//	certflow/<issuer key>/index/<kind>/inflight/<id>             while not final
+//	certflow/<issuer key>/index/<kind>/inflight/<time>/<id>      while not final
 //	certflow/<issuer key>/index/<kind>/state/<state>/<time>/<id> once final
 //
 // <time> is hour/minute/second of creation, taken from the ID (IDs sort by
 // creation time), so a page of a list reads a few small folders whatever
-// the number of stored resources. Resources in flight are few (bounded by the scheduler).
+// the number of stored resources.
 // Markers are deleted with their resource; a stale marker is harmless, as
 // queries check the resource itself.
 
@@ -34,8 +34,10 @@ func (s store) nameMarker(kind, name, id string) string {
 }
 
 func (s store) inflightMarker(kind, id string) string {
-	return path.Join(s.indexPrefix(kind), "inflight", certmagic.StorageKeys.Safe(id))
+	return path.Join(append(append([]string{s.inflightDir(kind)}, timeBuckets(id)...), certmagic.StorageKeys.Safe(id))...)
 }
+
+func (s store) inflightDir(kind string) string { return path.Join(s.indexPrefix(kind), "inflight") }
 
 func (s store) stateMarker(kind, state, id string) string {
 	return path.Join(append(append([]string{s.stateDir(kind, state)}, timeBuckets(id)...), certmagic.StorageKeys.Safe(id))...)

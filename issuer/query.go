@@ -109,7 +109,7 @@ func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 	case q.Name != "":
 		err = r.walkFlat(ctx, path.Join(idx, "name", certmagic.StorageKeys.Safe(q.Name)), take)
 	case q.State != "" && !isFinalState(q.Kind, q.State):
-		err = r.walkFlat(ctx, path.Join(idx, "inflight"), take)
+		err = r.walkBuckets(ctx, r.s.inflightDir(q.Kind), q.After, take)
 	case q.State != "":
 		err = r.walkBuckets(ctx, r.s.stateDir(q.Kind, q.State), q.After, take)
 	default:
