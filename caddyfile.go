@@ -25,6 +25,7 @@ import (
 //	    max_queued_challenges <n>
 //	    challenge_timeout <duration>
 //	    failure_backoff <initial> [<max>]
+//	    order_rate_limit <orders> <window> | off
 //	    retention <max_count> [<max_age>]
 //	    self_check off
 //	    self_check {
@@ -48,7 +49,9 @@ import (
 //
 // The directory URL may be given as the argument or with dir, not both.
 // timeout is the timeout of each request to the CA (acme_timeout in JSON).
-// Durations and counts must be positive. trusted_roots and self_check may be
+// Durations and counts must be positive. order_rate_limit holds new orders
+// to <orders> per <window> for the account in this process (default: the
+// limit a well-known public CA publishes; off turns it off). trusted_roots and self_check may be
 // repeated: files and resolvers accumulate, later self_check settings win.
 //
 // The DNS options mirror the stock acme issuer's and fill challenges.dns in
@@ -153,6 +156,13 @@ func (iss *Issuer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			iss.FailureBackoff = backoff
+
+		case "order_rate_limit":
+			limit, err := parseOrderRateLimit(d)
+			if err != nil {
+				return err
+			}
+			iss.OrderRateLimit = limit
 
 		case "retention":
 			retention, err := parseRetention(d)
@@ -315,6 +325,28 @@ func parseFailureBackoff(d *caddyfile.Dispenser) (*BackoffConfig, error) {
 		}
 	}
 	return backoff, nil
+}
+
+// parseOrderRateLimit parses the arguments of
+//
+//	order_rate_limit <orders> <window> | off
+func parseOrderRateLimit(d *caddyfile.Dispenser) (*OrderRateLimitConfig, error) {
+	args := d.RemainingArgs()
+	if len(args) == 1 && args[0] == "off" {
+		return &OrderRateLimitConfig{Disabled: true}, nil
+	}
+	if len(args) != 2 {
+		return nil, d.ArgErr()
+	}
+	orders, err := parseCount(d, "order_rate_limit orders", args[0])
+	if err != nil {
+		return nil, err
+	}
+	window, err := parseDuration(d, "order_rate_limit window", args[1])
+	if err != nil {
+		return nil, err
+	}
+	return &OrderRateLimitConfig{Orders: orders, Window: window}, nil
 }
 
 // parseRetention parses the arguments of

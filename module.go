@@ -335,6 +335,10 @@ func (iss *Issuer) Validate() error {
 	if iss.MaxQueuedChallenges < 0 {
 		return fmt.Errorf("max_queued_challenges must not be negative, got %d", iss.MaxQueuedChallenges)
 	}
+	if l := iss.OrderRateLimit; l != nil && !l.Disabled && (l.Orders <= 0 || l.Window <= 0) {
+		return fmt.Errorf("order_rate_limit needs a positive number of orders and window (or disabled), got %d per %s",
+			l.Orders, time.Duration(l.Window))
+	}
 	if iss.ExternalAccount != nil && (iss.ExternalAccount.KeyID == "" || iss.ExternalAccount.MACKey == "") {
 		return errors.New("external_account needs both key_id and mac_key")
 	}

@@ -91,6 +91,18 @@ func TestAdaptErrors(t *testing.T) {
 			wantLine:  4,
 		},
 		{
+			name:      "order_rate_limit without window",
+			caddyfile: siteWith("order_rate_limit 300"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "order_rate_limit bad window",
+			caddyfile: siteWith("order_rate_limit 300 later"),
+			wantMsg:   "invalid order_rate_limit window duration 'later'",
+			wantLine:  4,
+		},
+		{
 			name:      "bad duration",
 			caddyfile: siteWith("timeout soon"),
 			wantMsg:   "invalid timeout duration 'soon'",
