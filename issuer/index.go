@@ -63,6 +63,7 @@ func timeBuckets(id string) []string {
 	}
 	return []string{id[:11], id[11:13], id[13:15]}
 }
+
 // isFinalState reports whether state is final for resources of kind.
 func isFinalState(kind, state string) bool {
 	switch kind {
