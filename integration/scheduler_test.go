@@ -39,10 +39,10 @@ func TestSchedulerCapOneSerializesChallenges(t *testing.T) {
 	e.block(names...)
 	mon := monitorLive(t)
 	wait := e.handshakeAsync(names...)
-	waitFor(t, "1 live and 4 queued challenges", pollMax, func() bool {
+	waitForDiag(t, "1 live and 4 queued challenges", pollMax, func() bool {
 		live, queued := issuer.DefaultScheduler().Stats()
 		return live == 1 && queued == 4
-	})
+	}, e.schedulerDiag(names...))
 	e.unblock(names...)
 
 	for _, n := range names {
@@ -114,7 +114,7 @@ func TestSchedulerOnDemandBeforeManaged(t *testing.T) {
 	// one managed challenge live and failing its self-check, two queued
 	var live string
 	var waiting []string
-	waitFor(t, "1 managed challenge live in its self-check and 2 queued", pollMax, func() bool {
+	waitForDiag(t, "1 managed challenge live in its self-check and 2 queued", pollMax, func() bool {
 		if l, q := issuer.DefaultScheduler().Stats(); l != 1 || q != 2 {
 			return false
 		}
@@ -132,18 +132,18 @@ func TestSchedulerOnDemandBeforeManaged(t *testing.T) {
 			}
 		}
 		return live != "" && len(waiting) == 2
-	})
+	}, e.schedulerDiag(managed...))
 	t.Logf("managed %s holds the slot; %v wait", live, waiting)
 
 	// the on-demand challenge joins the queue, after the managed ones
 	wait := e.handshakeAsync(onDemand)
-	waitFor(t, "the on-demand challenge to queue", pollMax, func() bool {
+	waitForDiag(t, "the on-demand challenge to queue", pollMax, func() bool {
 		if l, q := issuer.DefaultScheduler().Stats(); l != 1 || q != 3 {
 			return false
 		}
 		chals := e.resources("challenges", onDemand)
 		return len(chals) == 1 && chals[0].str("state") == "queued"
-	})
+	}, e.schedulerDiag(append(managed, onDemand)...))
 	e.unblock(managed...)
 
 	if r := wait()[onDemand]; r.err != nil {

@@ -72,6 +72,17 @@ type responseNote struct {
 
 type responseNoteKey struct{}
 
+// answered is closed when the CA has answered a request to url; it rides
+// in the request's context. finalizeAndWait uses it to poll the order only
+// once the finalize request has been answered.
+type answered struct {
+	url  string
+	ch   chan struct{}
+	once sync.Once
+}
+
+type answeredKey struct{}
+
 // observerKey carries the request's Observer to the transport, which is
 // shared by every policy using the account.
 type observerKey struct{}
@@ -103,6 +114,9 @@ func (t retryAfterTransport) RoundTrip(req *http.Request) (*http.Response, error
 	}
 	if err != nil {
 		return resp, err
+	}
+	if a, ok := req.Context().Value(answeredKey{}).(*answered); ok && req.URL.String() == a.url {
+		a.once.Do(func() { close(a.ch) })
 	}
 	if n, ok := req.Context().Value(responseNoteKey{}).(*responseNote); ok {
 		d := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())

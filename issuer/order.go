@@ -478,16 +478,19 @@ func (r *orderRun) finalize(ctx context.Context) (*certmagic.IssuedCertificate, 
 }
 
 // finalizeAndWait sends the CSR and waits for the CA's decision. acmez's
-// FinalizeOrder polls a processing order at a fixed interval; meanwhile we
-// poll the order ourselves, starting within milliseconds and backing off (or
-// waiting as the CA's Retry-After says), and end FinalizeOrder's wait as
-// soon as the order is valid or invalid. Cancelling it then is safe: the
-// finalize request itself has been answered, or the order would not be
-// past ready.
+// FinalizeOrder polls a processing order at a fixed interval; once the
+// finalize request is answered we poll the order ourselves, starting within
+// milliseconds and backing off (or waiting as the CA's Retry-After says),
+// and end FinalizeOrder's wait as soon as the order is valid or invalid.
+// Cancelling it then is safe: the finalize request has been answered.
 func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 	w := r.w
 	finCtx, cancelFinalize := context.WithCancel(ctx)
 	defer cancelFinalize()
+	// poll only once the finalize request has been answered: polling
+	// alongside it gains nothing and races some CAs' order updates
+	sent := &answered{url: r.acme.Finalize, ch: make(chan struct{})}
+	finCtx = context.WithValue(finCtx, answeredKey{}, sent)
 	type result struct {
 		order acme.Order
 		err   error
@@ -503,6 +506,14 @@ func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 		finalized <- result{o, err}
 	}()
 
+	select {
+	case <-sent.ch:
+	case res := <-finalized:
+		return res.order, res.err
+	case <-ctx.Done():
+		<-finalized
+		return acme.Order{}, fmt.Errorf("finalizing the order: %w", ctx.Err())
+	}
 	var retryAfter time.Duration
 	for n := 0; ; n++ {
 		timer := time.NewTimer(pollWait(n, retryAfter))

@@ -77,6 +77,11 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// after the first signal, the next one ends the process at once
+		<-ctx.Done()
+		stop()
+	}()
 
 	binary := *caddyBin
 	if binary == "" {

@@ -30,6 +30,10 @@ type run struct {
 	dir      string
 
 	httpPort, httpsPort, adminPort int
+
+	// keepDir keeps the run's directory for a post-mortem even without
+	// Options.Keep (set when Pebble would not stop).
+	keepDir bool
 }
 
 // runOnce starts a fresh CA and a fresh Caddy with issuer, measures the
@@ -43,7 +47,7 @@ func (b *bench) runOnce(ctx context.Context, issuer string, sc Scenario, round, 
 		return nil, fmt.Errorf("creating the run's directory: %w", err)
 	}
 	defer func() {
-		if b.opts.Keep {
+		if b.opts.Keep || r.keepDir {
 			return
 		}
 		if rmErr := os.RemoveAll(r.dir); rmErr != nil {
@@ -59,8 +63,8 @@ func (b *bench) runOnce(ctx context.Context, issuer string, sc Scenario, round, 
 		return nil, fmt.Errorf("starting Pebble: %w", err)
 	}
 	defer func() {
-		if closeErr := ca.Close(); closeErr != nil {
-			err = errors.Join(err, fmt.Errorf("stopping Pebble: %w", closeErr))
+		if closeErr := r.closeCA(ca); closeErr != nil {
+			err = errors.Join(err, closeErr)
 		}
 	}()
 
