@@ -357,6 +357,7 @@ func TestObserveIssuanceAndFailure(t *testing.T) {
 		"certflow_challenge_self_checked",
 		"certflow_challenge_accepted",
 		"certflow_challenge_valid",
+		"certflow_order_ready",
 		"certflow_order_processing",
 		"certflow_order_valid",
 		"certflow_request_ready",
