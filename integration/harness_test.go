@@ -4,10 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -164,18 +161,7 @@ func (r resource) str(k string) string { s, _ := r[k].(string); return s }
 // resources returns the stored resources of a kind for a name, oldest first.
 func (e *env) resources(kind, name string) []resource {
 	e.t.Helper()
-	all, err := rig.LoadResources(e.storage, kind)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var out []resource
-	for _, r := range all {
-		if name == "" || r["name"] == name {
-			out = append(out, resource(r))
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].str("id") < out[j].str("id") })
-	return out
+	return loadResources(e.t, e.storage, kind, name)
 }
 
 // tokenFiles lists the challenge token files left in storage.
@@ -197,6 +183,3 @@ func dump(v any) string {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	return string(b)
 }
-
-var _ = os.Getenv
-var _ = strings.TrimSpace

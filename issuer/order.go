@@ -188,23 +188,23 @@ func (r *orderRun) save(ctx context.Context) error {
 	return nil
 }
 
+// setState moves the order to a state and writes it.
 func (r *orderRun) setState(ctx context.Context, state, reason string) error {
-	r.mu.Lock()
-	r.order.State, r.order.Reason = state, reason
-	now := time.Now()
-	took := now.Sub(r.lastChange)
-	r.lastChange = now
-	snapshot := *r.order
-	r.mu.Unlock()
-	r.w.observer().OrderChanged(snapshot, took)
+	r.changeState(state, reason)
 	return r.save(ctx)
 }
 
-// step moves the order to a state without writing it (the observer is
-// told); the state is written with the next persisted change.
+// step moves the order to a state without writing it; the state is written
+// with the next persisted change.
 func (r *orderRun) step(state string) {
+	r.changeState(state, "")
+}
+
+// changeState records a state and tells the observer, with the time since
+// the previous one.
+func (r *orderRun) changeState(state, reason string) {
 	r.mu.Lock()
-	r.order.State = state
+	r.order.State, r.order.Reason = state, reason
 	now := time.Now()
 	took := now.Sub(r.lastChange)
 	r.lastChange = now
