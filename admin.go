@@ -81,6 +81,10 @@ const (
 	// NextHeader carries the cursor of the next page of a list.
 	NextHeader = "Certflow-Next"
 
+	// indexFlushTimeout bounds the wait for this process's pending index
+	// updates before a list is served.
+	indexFlushTimeout = 2 * time.Second
+
 	defaultListLimit = 100
 	maxListLimit     = 1000
 )
@@ -108,6 +112,9 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := allowMethod(r, http.MethodGet); err != nil {
 			return err
 		}
+		// the index is written in the background: let this process's
+		// pending updates land first, so a list shows what it just did
+		issuer.FlushIndex(indexFlushTimeout)
 		return a.handleList(w, r, first)
 	case hasArg && first == "status":
 		if err := allowMethod(r, http.MethodGet); err != nil {

@@ -249,6 +249,6 @@ func pollWait(n int, retryAfter time.Duration) time.Duration {
 	if retryAfter > 0 {
 		return retryAfter
 	}
-	d := 5 * time.Millisecond << min(n, 8)
+	d := 2 * time.Millisecond << min(n, 9)
 	return min(d, time.Second)
 }

@@ -106,7 +106,7 @@ func (e *Engine) Issue(ctx context.Context, req Request) (*certmagic.IssuedCerti
 	w := &workflow{
 		engine:  e,
 		opts:    opts,
-		store:   store{storage: opts.Storage, issuerKey: opts.IssuerKey},
+		store:   store{storage: opts.Storage, issuerKey: opts.IssuerKey, logger: opts.Logger},
 		req:     req,
 		ids:     ids,
 		name:    ids[0].Value,

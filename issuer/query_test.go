@@ -64,6 +64,7 @@ func writeSynthetic(t testing.TB, s store, n, names int, base time.Time) []synth
 		t.Fatal(err)
 	default:
 	}
+	FlushIndex(10 * time.Minute) // markers are written in the background
 	slices.SortFunc(out, func(a, b synthetic) int { return cmpString(a.id, b.id) })
 	return out
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // store reads and writes certflow's resources in a certmagic.Storage under
@@ -22,6 +23,7 @@ import (
 type store struct {
 	storage   certmagic.Storage
 	issuerKey string
+	logger    *zap.Logger // may be nil
 }
 
 // ErrStorage marks a failure of the storage itself; the step is retried.
@@ -160,17 +162,17 @@ func storageErr(step, key string, err error) error {
 
 // saveResource writes a resource whose state went from `from` ("" when new)
 // to `to`, and keeps the index in step.
-// The index markers are written concurrently with the resource: each write
-// is a file sync on the file system storage, and they do not depend on each
-// other (a stale marker is harmless, queries check the resource itself).
+// The index markers are written in the background (see indexWriter).
 func (s store) saveResource(ctx context.Context, kind, id, name, from, to string, v any) error {
-	if from == to && from != "" {
-		return s.save(ctx, kind, id, v)
+	if err := s.save(ctx, kind, id, v); err != nil {
+		return err
 	}
-	return parallel(
-		func() error { return s.save(ctx, kind, id, v) },
-		func() error { return s.reindex(ctx, kind, id, name, from, to) },
-	)
+	if from != to || from == "" {
+		markers.submit(id, s.logger, func(ctx context.Context) error {
+			return s.reindex(ctx, kind, id, name, from, to)
+		})
+	}
+	return nil
 }
 
 // parallel runs fns concurrently and joins their errors. Used for storage

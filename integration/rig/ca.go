@@ -96,6 +96,10 @@ type CA struct {
 
 	requests requestLog
 
+	// pebbleOrderLock keeps new-order requests apart from authorization
+	// requests (see serveHTTP).
+	pebbleOrderLock sync.RWMutex
+
 	closeOnce sync.Once
 	closeErr  error
 }

@@ -195,6 +195,17 @@ func (c *CA) serveHTTP(next http.Handler, w http.ResponseWriter, r *http.Request
 	}
 
 	rewind()
+	// Pebble v2.10.3 can deadlock when a new order (store lock, then every
+	// authorization's lock) runs while an authorization request holds its
+	// authorization's lock and waits for the store: keep them apart.
+	switch rec.Kind {
+	case KindNewOrder:
+		c.pebbleOrderLock.Lock()
+		defer c.pebbleOrderLock.Unlock()
+	case KindAuthz:
+		c.pebbleOrderLock.RLock()
+		defer c.pebbleOrderLock.RUnlock()
+	}
 	sw := &statusWriter{ResponseWriter: w}
 	next.ServeHTTP(sw, r)
 	rec.Status = sw.status
