@@ -104,8 +104,8 @@ func issuerOrder(issuers []string, round int) []string {
 // summaryLine is the progress line of a finished run.
 func summaryLine(r *RunResult) string {
 	ok := len(r.Issued)
-	return fmt.Sprintf("%d/%d handshakes ok, wall %s, p50 %s, max %s, cached p50 %s, peak RSS %s, CPU %s",
+	return fmt.Sprintf("%d/%d handshakes ok, wall %s, p50 %s, max %s, settled in %s, cached p50 %s, peak RSS %s, CPU %s",
 		ok, r.Scenario.Names, fmtDuration(r.Wall), fmtDuration(percentile(r.Issued, 50)),
-		fmtDuration(percentile(r.Issued, 100)), fmtDuration(percentile(r.Cached, 50)),
+		fmtDuration(percentile(r.Issued, 100)), fmtDuration(r.Settle), fmtDuration(percentile(r.Cached, 50)),
 		fmtBytes(r.PeakRSS), fmtDuration(r.CPU))
 }

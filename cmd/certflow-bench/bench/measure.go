@@ -38,6 +38,9 @@ func (r *run) measure(ctx context.Context, ca *rig.CA, proc *caddyProcess) (*Run
 	}
 	res.BurstCPU = cpuBurst - cpuStart
 
+	if res.Settle, err = settle(ctx, proc.pid); err != nil {
+		return nil, err
+	}
 	r.cachedPhase(ctx, roots, append([]string{warmName}, issued...), res)
 	cpuEnd, err := readCPU(proc.pid)
 	if err != nil {

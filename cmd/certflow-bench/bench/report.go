@@ -36,7 +36,7 @@ func (r *Report) Print(w io.Writer) error {
 	var b strings.Builder
 	o := r.Options
 	fmt.Fprintf(&b, "certflow benchmark: the same Caddy binary with the stock acme issuer and with certflow, alternating\n")
-	fmt.Fprintf(&b, "Pebble in process (no validation sleep, no bad-nonce rejection), HTTP-01 only, fresh storage per run on %s\n", workDirName(o.WorkDir))
+	fmt.Fprintf(&b, "Pebble in process (no validation sleep, no bad-nonce rejection), HTTP-01 only, fresh storage per run under %s\n", describeDir(o.WorkDir))
 	fmt.Fprintf(&b, "%s/%s, %d CPUs, %s; rounds of single-name scenarios: %d; cached handshakes per run: %d; handshake timeout %s\n",
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.Rounds, o.CachedHandshakes, o.HandshakeTimeout)
 	if !r.Finished.IsZero() {
@@ -55,14 +55,6 @@ func (r *Report) Print(w io.Writer) error {
 		return fmt.Errorf("writing the report: %w", err)
 	}
 	return nil
-}
-
-// workDirName names where run directories live.
-func workDirName(dir string) string {
-	if dir == "" {
-		return "the temp directory"
-	}
-	return dir
 }
 
 // print writes the scenario's table and failures.
@@ -104,11 +96,11 @@ func (s *ScenarioResult) print(w io.Writer) error {
 		dur("burst wall time", func(f Figures) time.Duration { return f.Wall }),
 		{"failed new-name handshakes", fmt.Sprintf("%d/%d", len(st.Failures), st.Names), fmt.Sprintf("%d/%d", len(cf.Failures), cf.Names),
 			fmtRatio(float64(len(cf.Failures)), float64(len(st.Failures)))},
-		dur("cached handshake p50", func(f Figures) time.Duration { return f.CachedP50 }),
+		dur("cached handshake p50 (after settling)", func(f Figures) time.Duration { return f.CachedP50 }),
 		{"failed cached handshakes", fmt.Sprintf("%d/%d", len(st.CachedFailures), st.CachedTried), fmt.Sprintf("%d/%d", len(cf.CachedFailures), cf.CachedTried), ""},
 		mem("Caddy peak RSS (VmHWM)", func(f Figures) int64 { return f.PeakRSS }),
 		mem("Caddy max RSS (VmRSS every 100ms)", func(f Figures) int64 { return f.SampledRSS }),
-		dur("Caddy CPU (burst + cached)", func(f Figures) time.Duration { return f.CPU }),
+		dur("Caddy CPU (burst, settling, cached)", func(f Figures) time.Duration { return f.CPU }),
 		dur("Caddy CPU per new name (burst)", func(f Figures) time.Duration { return f.CPUPerName }),
 		dur("warm-up issuance (with account)", func(f Figures) time.Duration { return f.WarmUp }),
 		{"CA requests per new name:", "", "", ""},

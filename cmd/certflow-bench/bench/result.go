@@ -32,6 +32,9 @@ type RunResult struct {
 	// Wall is the wall time of the burst, from its first handshake's start
 	// until its last one returned.
 	Wall time.Duration
+	// Settle is how long the run waited after the burst for Caddy to go
+	// idle (at most 5 s) before the cached handshakes.
+	Settle time.Duration
 	// Cached are the latencies of handshakes to names already issued.
 	Cached []time.Duration
 	// CachedFailures are the failed cached handshakes.
@@ -42,7 +45,7 @@ type RunResult struct {
 	SampledRSS int64
 	// BurstCPU is the CPU time (user + system) Caddy used during the burst;
 	// CPU is the CPU time from the end of the warm-up to the end of the
-	// cached handshakes.
+	// cached handshakes (the settling wait included).
 	BurstCPU, CPU time.Duration
 	// CARequests counts the requests the CA received after the warm-up,
 	// by kind (rig.Kind* constants); CATotal counts all of them.

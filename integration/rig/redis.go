@@ -1,0 +1,275 @@
+package rig
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisServerPath returns the path of redis-server (Debian's redis-server
+// package), or an error saying how to install it.
+func RedisServerPath() (string, error) {
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		return p, nil
+	}
+	for _, p := range []string{"/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"} {
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return p, nil
+		}
+	}
+	return "", errors.New("redis-server not found (apt-get install -y --no-install-recommends redis-server)")
+}
+
+// BuildPackage builds the Go package pkg into out with the go command on
+// PATH, from inside the certflow module.
+func BuildPackage(ctx context.Context, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build -o %s %s: %w\n%s", out, pkg, err, output.String())
+	}
+	return nil
+}
+
+// Redis is a redis-server child process on 127.0.0.1:Port with its data
+// (an append-only file, no RDB snapshots) in Dir. It is signalled by its own
+// PID only. Start it again on the same port and directory with Restart.
+type Redis struct {
+	// Port is the TCP port on 127.0.0.1; Addr is "127.0.0.1:<Port>".
+	Port int
+	Addr string
+	// Dir holds the append-only file; LogPath the server's log.
+	Dir, LogPath string
+
+	binary string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	client *redis.Client
+}
+
+// StartRedis starts redis-server on a free loopback port with
+// `--save ” --appendonly yes --dir dir` and waits until it answers PING.
+func StartRedis(dir string) (*Redis, error) {
+	bin, err := RedisServerPath()
+	if err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	r := &Redis{Port: port, Addr: loopback(port), Dir: dir, LogPath: filepath.Join(dir, "redis.log"), binary: bin}
+	r.client = redis.NewClient(&redis.Options{
+		Addr: r.Addr, DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+		MaxRetries: -1, PoolSize: 4,
+	})
+	if err := r.start(); err != nil {
+		_ = r.client.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Redis) start() error {
+	if err := checkPortFree(r.Port); err != nil {
+		return fmt.Errorf("starting redis-server: %w", err)
+	}
+	out, err := os.OpenFile(r.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("opening redis-server's log: %w", err)
+	}
+	cmd := exec.Command(r.binary,
+		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "yes", "--dir", r.Dir,
+		"--daemonize", "no", "--protected-mode", "no", "--logfile", "",
+	)
+	cmd.Dir = r.Dir
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		_ = out.Close()
+		return fmt.Errorf("starting %s: %w", r.binary, err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); _ = out.Close(); close(exited) }()
+	r.cmd, r.exited = cmd, exited
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := r.client.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(r.LogPath)
+			return fmt.Errorf("redis-server (pid %d) exited while starting: %s", cmd.Process.Pid, tailLines(string(b), 20))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			_ = r.kill()
+			return fmt.Errorf("redis-server (pid %d) not answering PING on %s after 10s: %v", cmd.Process.Pid, r.Addr, err)
+		}
+	}
+}
+
+// PID is the process ID of the running server (0 when stopped).
+func (r *Redis) PID() int {
+	if r.cmd == nil {
+		return 0
+	}
+	return r.cmd.Process.Pid
+}
+
+// Stop sends SIGTERM to the server's PID (it writes its append-only file
+// and exits) and waits up to 10s, then SIGKILLs it.
+func (r *Redis) Stop() error {
+	if r.cmd == nil {
+		return nil
+	}
+	select {
+	case <-r.exited:
+		r.cmd = nil
+		return nil
+	default:
+	}
+	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("sending SIGTERM to redis-server (pid %d): %w", r.cmd.Process.Pid, err)
+	}
+	select {
+	case <-r.exited:
+		r.cmd = nil
+		return nil
+	case <-time.After(10 * time.Second):
+		return r.kill()
+	}
+}
+
+func (r *Redis) kill() error {
+	if r.cmd == nil {
+		return nil
+	}
+	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("sending SIGKILL to redis-server (pid %d): %w", r.cmd.Process.Pid, err)
+	}
+	<-r.exited
+	r.cmd = nil
+	return nil
+}
+
+// Restart starts a stopped server again on the same port and directory, so
+// it reloads its append-only file.
+func (r *Redis) Restart() error {
+	if r.cmd != nil {
+		return fmt.Errorf("redis-server (pid %d) is still running", r.cmd.Process.Pid)
+	}
+	return r.start()
+}
+
+// Close stops the server and closes the rig's client.
+func (r *Redis) Close() error {
+	err := r.Stop()
+	return errors.Join(err, r.client.Close())
+}
+
+// Client is the rig's own client of the server (for inspection).
+func (r *Redis) Client() *redis.Client { return r.client }
+
+// CommandStats returns the calls per command from INFO commandstats, e.g.
+// {"get": 12, "set": 3}.
+func (r *Redis) CommandStats(ctx context.Context) (map[string]int64, error) {
+	info, err := r.client.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return nil, fmt.Errorf("INFO commandstats: %w", err)
+	}
+	out := map[string]int64{}
+	for _, line := range strings.Split(info, "\n") {
+		line = strings.TrimSpace(line)
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, f := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(f, "calls="); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err == nil {
+					out[strings.TrimPrefix(name, "cmdstat_")] = n
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// CommandsBetween returns the commands counted between two CommandStats
+// snapshots, leaving out the rig's own inspection commands (info, ping,
+// keys, scan, ttl, pttl, client, hello, command).
+func CommandsBetween(before, after map[string]int64) (total int64, byCmd map[string]int64) {
+	skip := map[string]bool{"info": true, "ping": true, "keys": true, "scan": true, "ttl": true, "pttl": true,
+		"client|setinfo": true, "client": true, "hello": true, "command": true, "command|docs": true}
+	byCmd = map[string]int64{}
+	for k, v := range after {
+		if skip[k] {
+			continue
+		}
+		if d := v - before[k]; d > 0 {
+			byCmd[k] = d
+			total += d
+		}
+	}
+	return total, byCmd
+}
+
+// Keys returns the keys matching a glob pattern (SCAN).
+func (r *Redis) Keys(ctx context.Context, pattern string) ([]string, error) {
+	var keys []string
+	iter := r.client.Scan(ctx, 0, pattern, 1000).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	return keys, iter.Err()
+}
+
+// LoadValue reads a value the caddy-storage-redis module stored under the
+// full key (prefix included): it decodes the module's JSON envelope
+// (uncompressed, unencrypted values only).
+func (r *Redis) LoadValue(ctx context.Context, key string) ([]byte, error) {
+	raw, err := r.client.Get(ctx, key).Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", key, err)
+	}
+	var sd struct {
+		Value       []byte `json:"value"`
+		Compression int    `json:"compression"`
+		Encryption  int    `json:"encryption"`
+	}
+	if err := json.Unmarshal(raw, &sd); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", key, err)
+	}
+	if sd.Compression != 0 || sd.Encryption != 0 {
+		return nil, fmt.Errorf("%s is compressed or encrypted", key)
+	}
+	return sd.Value, nil
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
