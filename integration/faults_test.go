@@ -265,6 +265,12 @@ func TestFaultRetryAfter(t *testing.T) {
 	waitFor(t, "the 429", pollMax, func() bool { return countAction(rec.records(), "429") == 1 })
 	time.Sleep(500 * time.Millisecond)
 	waitSecond := e.handshakeAsync("held-2.test")
+	// while it waits, its request says why and until when
+	waitFor(t, "the held request to record its wait", pollMax, func() bool {
+		reqs := e.resources("requests", "held-2.test")
+		return len(reqs) == 1 && reqs[0].str("state") == "pending" &&
+			strings.Contains(reqs[0].str("reason"), "Retry-After") && reqs[0].str("next_attempt") != ""
+	})
 	for _, r := range []handshakeResult{waitFirst()["held-1.test"], waitSecond()["held-2.test"]} {
 		if r.err != nil {
 			t.Errorf("handshake for %s: %v", r.name, r.err)

@@ -160,7 +160,7 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 	}
 	run := &orderRun{w: w, order: o, acme: created, lastChange: now}
 	w.rec.CurrentOrder = o.ID
-	w.cr.Order = o.ID
+	w.cr.Order, w.cr.Reason, w.cr.NextAttempt = o.ID, "", time.Time{}
 	// the order, the name's pointer to it (what a restart resumes) and the
 	// request are independent writes
 	if err := parallel(

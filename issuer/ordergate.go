@@ -63,6 +63,7 @@ func (w *workflow) waitForOrderSlot(ctx context.Context) error {
 		if wait := block.Until.Sub(now); wait > w.budgetLeft() {
 			return &HeldBackError{Until: block.Until, Reason: "the CA asked to wait (Retry-After): " + block.Reason}
 		}
+		w.recordHold(ctx, block.Until, "the CA asked to wait (Retry-After): "+block.Reason)
 		if err := sleepCtx(ctx, block.Until.Sub(now)); err != nil {
 			return err
 		}
@@ -74,9 +75,20 @@ func (w *workflow) waitForOrderSlot(ctx context.Context) error {
 			w.engine.limiter.n, w.engine.limiter.window)}
 	}
 	if wait > 0 {
-		w.logger.Info("order rate limit reached; waiting", zap.Duration("wait", wait))
+		w.recordHold(ctx, now.Add(wait), fmt.Sprintf("order rate limit of %d per %s reached", w.engine.limiter.n, w.engine.limiter.window))
 	}
 	return sleepCtx(ctx, wait)
+}
+
+// recordHold writes on the CertificateRequest that it waits for a rate limit
+// and until when, so a status view shows why it is pending.
+func (w *workflow) recordHold(ctx context.Context, until time.Time, reason string) {
+	w.logger.Info("new order held back; waiting", zap.Time("until", until), zapReason(reason))
+	w.cr.Reason = "waiting until " + until.UTC().Format(time.RFC3339) + ": " + reason
+	w.cr.NextAttempt = until
+	if err := w.saveRequest(ctx); err != nil {
+		w.logger.Warn("recording the wait on the certificate request", zap.Error(err))
+	}
 }
 
 // loadBlock returns the account's hold on new orders, from memory or storage.
