@@ -117,15 +117,21 @@ func (p *Process) Stop(grace time.Duration) error {
 
 // SignalKill sends SIGKILL to the child's PID without waiting: for use where
 // waiting is not possible (e.g. inside a CA fault hook).
-func (p *Process) SignalKill() error {
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("sending SIGKILL to caddy (pid %d): %w", p.PID, err)
+func (p *Process) SignalKill() error { return p.Signal(syscall.SIGKILL) }
+
+// Signal sends sig to the child's PID without waiting.
+func (p *Process) Signal(sig syscall.Signal) error {
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("sending %s to caddy (pid %d): %w", sig, p.PID, err)
 	}
 	return nil
 }
 
 // Exited is closed once the child has exited.
 func (p *Process) Exited() <-chan struct{} { return p.exited }
+
+// ExitErr is how the child exited; valid once Exited is closed.
+func (p *Process) ExitErr() error { return p.waitErr }
 
 // Log returns what the child has written so far.
 func (p *Process) Log() string {

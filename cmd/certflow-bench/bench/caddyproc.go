@@ -8,10 +8,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/certflow/certflow/integration/rig"
 )
 
 // Bounds of starting and stopping Caddy.
@@ -23,15 +24,11 @@ const (
 	adminTimeout    = 5 * time.Second
 )
 
-// caddyProcess is one `caddy run` this package started. It is stopped by
-// its PID only.
+// caddyProcess is one `caddy run` this package started, with its admin
+// endpoint. It is stopped by its PID only.
 type caddyProcess struct {
-	cmd       *exec.Cmd
-	pid       int
+	*rig.Process
 	adminAddr string // "127.0.0.1:<port>"
-	outPath   string // Caddy's stdout and stderr
-	exited    chan struct{}
-	waitErr   error // set before exited is closed
 }
 
 // startCaddy runs `binary run --config configPath` in dir, with Caddy's
@@ -40,30 +37,11 @@ type caddyProcess struct {
 // only the benchmark, which then stops it, and it is killed if the
 // benchmark dies first (Linux parent-death signal).
 func startCaddy(binary, configPath, dir, adminAddr string) (*caddyProcess, error) {
-	outPath := filepath.Join(dir, "caddy.out")
-	out, err := os.Create(outPath)
+	proc, err := rig.StartProcess(binary, configPath, dir, filepath.Join(dir, "caddy.out"))
 	if err != nil {
-		return nil, fmt.Errorf("creating Caddy's output file: %w", err)
+		return nil, err
 	}
-	cmd := exec.Command(binary, "run", "--config", configPath)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Env = append(os.Environ(),
-		"XDG_CONFIG_HOME="+filepath.Join(dir, "xdg-config"),
-		"XDG_DATA_HOME="+filepath.Join(dir, "xdg-data"),
-	)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		_ = out.Close()
-		return nil, fmt.Errorf("starting %s: %w", binary, err)
-	}
-	p := &caddyProcess{cmd: cmd, pid: cmd.Process.Pid, adminAddr: adminAddr, outPath: outPath, exited: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		_ = out.Close()
-		close(p.exited)
-	}()
-	return p, nil
+	return &caddyProcess{Process: proc, adminAddr: adminAddr}, nil
 }
 
 // waitReady waits until Caddy's admin endpoint answers GET /config/ and its
@@ -78,10 +56,10 @@ func (p *caddyProcess) waitReady(ctx context.Context, httpsAddr string) error {
 			return nil
 		}
 		select {
-		case <-p.exited:
-			return fmt.Errorf("caddy (pid %d) exited while starting: %v; its output is in %s", p.pid, p.waitErr, p.outPath)
+		case <-p.Exited():
+			return fmt.Errorf("caddy (pid %d) exited while starting: %v; its output is in %s", p.PID, p.ExitErr(), p.LogPath)
 		case <-ctx.Done():
-			return fmt.Errorf("caddy (pid %d) not ready: %w; last probe: %w; its output is in %s", p.pid, ctx.Err(), lastErr, p.outPath)
+			return fmt.Errorf("caddy (pid %d) not ready: %w; last probe: %w; its output is in %s", p.PID, ctx.Err(), lastErr, p.LogPath)
 		case <-time.After(readyPoll):
 		}
 	}
@@ -114,7 +92,7 @@ func (p *caddyProcess) probe(ctx context.Context, client *http.Client, httpsAddr
 // even SIGKILL did not end it in time.
 func (p *caddyProcess) stop() error {
 	select {
-	case <-p.exited:
+	case <-p.Exited():
 		return nil
 	default:
 	}
@@ -130,20 +108,20 @@ func (p *caddyProcess) stop() error {
 		return nil
 	}
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			stopErr = errors.Join(stopErr, fmt.Errorf("sending %s to caddy (pid %d): %w", sig, p.pid, err))
+		if err := p.Signal(sig); err != nil {
+			stopErr = errors.Join(stopErr, err)
 		}
 		if p.waitExit(stopAfterSignal) {
 			return nil
 		}
 	}
-	return errors.Join(stopErr, fmt.Errorf("caddy (pid %d) did not exit after SIGKILL", p.pid))
+	return errors.Join(stopErr, fmt.Errorf("caddy (pid %d) did not exit after SIGKILL", p.PID))
 }
 
 // waitExit reports whether the process exited within d.
 func (p *caddyProcess) waitExit(d time.Duration) bool {
 	select {
-	case <-p.exited:
+	case <-p.Exited():
 		return true
 	case <-time.After(d):
 		return false
@@ -153,7 +131,7 @@ func (p *caddyProcess) waitExit(d time.Duration) bool {
 // running reports whether the process has not exited yet.
 func (p *caddyProcess) running() bool {
 	select {
-	case <-p.exited:
+	case <-p.Exited():
 		return false
 	default:
 		return true
@@ -170,7 +148,7 @@ const maxRaceExcerpt = 4 << 10
 // report in Caddy's output, if a Caddy built with -race printed one; call
 // it after the process exited.
 func (p *caddyProcess) raceReport() error {
-	out, err := os.ReadFile(p.outPath)
+	out, err := os.ReadFile(p.LogPath)
 	if err != nil {
 		return fmt.Errorf("reading Caddy's output for race reports: %w", err)
 	}
@@ -182,5 +160,5 @@ func (p *caddyProcess) raceReport() error {
 	if len(excerpt) > maxRaceExcerpt {
 		excerpt = excerpt[:maxRaceExcerpt]
 	}
-	return fmt.Errorf("caddy (pid %d) reported a data race:\n%s", p.pid, excerpt)
+	return fmt.Errorf("caddy (pid %d) reported a data race:\n%s", p.PID, excerpt)
 }

@@ -16,7 +16,7 @@ func (r *run) measure(ctx context.Context, ca *rig.CA, proc *caddyProcess) (*Run
 	res := &RunResult{Issuer: r.issuer, Scenario: r.scenario, Round: r.round}
 	roots := ca.IssuerRoots()
 
-	sampler := startRSSSampler(ctx, proc.pid)
+	sampler := startRSSSampler(ctx, proc.PID)
 	defer func() { _, _ = sampler.Stop() }() // idempotent; the result is taken below
 
 	warmName, err := r.warmUp(ctx, roots, res)
@@ -24,7 +24,7 @@ func (r *run) measure(ctx context.Context, ca *rig.CA, proc *caddyProcess) (*Run
 		return nil, err
 	}
 	ca.ResetCounts()
-	cpuStart, err := readCPU(proc.pid)
+	cpuStart, err := readCPU(proc.PID)
 	if err != nil {
 		return nil, err
 	}
@@ -32,17 +32,17 @@ func (r *run) measure(ctx context.Context, ca *rig.CA, proc *caddyProcess) (*Run
 	if err != nil {
 		return nil, err
 	}
-	cpuBurst, err := readCPU(proc.pid)
+	cpuBurst, err := readCPU(proc.PID)
 	if err != nil {
 		return nil, err
 	}
 	res.BurstCPU = cpuBurst - cpuStart
 
-	if res.Settle, err = settle(ctx, proc.pid); err != nil {
+	if res.Settle, err = settle(ctx, proc.PID); err != nil {
 		return nil, err
 	}
 	r.cachedPhase(ctx, roots, append([]string{warmName}, issued...), res)
-	cpuEnd, err := readCPU(proc.pid)
+	cpuEnd, err := readCPU(proc.PID)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +53,7 @@ func (r *run) measure(ctx context.Context, ca *rig.CA, proc *caddyProcess) (*Run
 		res.CARequests[kind] = ca.Count(kind)
 	}
 	res.CATotal = len(ca.Requests())
-	mem, err := readMemStatus(proc.pid)
+	mem, err := readMemStatus(proc.PID)
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +62,7 @@ func (r *run) measure(ctx context.Context, ca *rig.CA, proc *caddyProcess) (*Run
 		return nil, err
 	}
 	if !proc.running() {
-		return nil, fmt.Errorf("caddy (pid %d) exited during the run: %v; its output is in %s", proc.pid, proc.waitErr, proc.outPath)
+		return nil, fmt.Errorf("caddy (pid %d) exited during the run: %v; its output is in %s", proc.PID, proc.ExitErr(), proc.LogPath)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("benchmark interrupted: %w", err)
