@@ -158,16 +158,23 @@ func (pe *procEnv) in(t *testing.T) *procEnv {
 // issuer is the certflow issuer object every node uses: the self-check goes
 // through the test DNS to the validator node's ports, as Pebble does.
 func (pe *procEnv) issuer() map[string]any {
+	return nodeIssuer(pe.ca, pe.dns, pe.validator.httpPort, pe.validator.httpsPort)
+}
+
+// nodeIssuer is the certflow issuer of a Caddy process in a multi-process
+// test: HTTP-01 only, the self-check resolving through the test DNS and
+// connecting to the given ports (where the CA's validation goes too).
+func nodeIssuer(ca *rig.CA, dns *rig.DNS, httpPort, httpsPort int) map[string]any {
 	return map[string]any{
 		"module":                  "certflow",
-		"ca":                      pe.ca.DirectoryURL,
+		"ca":                      ca.DirectoryURL,
 		"email":                   "ops@example.com",
-		"trusted_roots_pem_files": []string{pe.ca.ServerRootsFile},
+		"trusted_roots_pem_files": []string{ca.ServerRootsFile},
 		"challenges":              map[string]any{"tls-alpn": map[string]any{"disabled": true}},
 		"self_check": map[string]any{
-			"resolvers":       []string{pe.dns.Addr},
-			"http_port":       pe.validator.httpPort,
-			"tlsalpn_port":    pe.validator.httpsPort,
+			"resolvers":       []string{dns.Addr},
+			"http_port":       httpPort,
+			"tlsalpn_port":    httpsPort,
 			"interval":        "100ms",
 			"attempt_timeout": "1s",
 			"timeout":         "30s",

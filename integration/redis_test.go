@@ -340,21 +340,7 @@ func (re *redisEnv) freePort() int {
 }
 
 func (re *redisEnv) issuer() map[string]any {
-	return map[string]any{
-		"module":                  "certflow",
-		"ca":                      re.ca.DirectoryURL,
-		"email":                   "ops@example.com",
-		"trusted_roots_pem_files": []string{re.ca.ServerRootsFile},
-		"challenges":              map[string]any{"tls-alpn": map[string]any{"disabled": true}},
-		"self_check": map[string]any{
-			"resolvers":       []string{re.dns.Addr},
-			"http_port":       re.httpLB.port,
-			"tlsalpn_port":    re.httpsLB.port,
-			"interval":        "100ms",
-			"attempt_timeout": "1s",
-			"timeout":         "30s",
-		},
-	}
+	return nodeIssuer(re.ca, re.dns, re.httpLB.port, re.httpsLB.port)
 }
 
 // start starts (or restarts) node i and waits until it serves.
