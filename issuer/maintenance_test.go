@@ -3,6 +3,7 @@ package issuer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -122,7 +123,7 @@ func TestStoreSetsAsideCorruptResources(t *testing.T) {
 			}
 			var cr CertificateRequest
 			err := s.load(ctx, KindRequest, "bad", &cr)
-			if err == nil || !isCorrupt(err) {
+			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("err = %v, want ErrCorrupt", err)
 			}
 			if s.storage.Exists(ctx, key) {

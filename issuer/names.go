@@ -56,11 +56,8 @@ func CanIssue(name string, challengeTypes []string) error {
 	if strings.HasSuffix(name, ".") || strings.HasPrefix(name, ".") || strings.Contains(name, "..") {
 		return fmt.Errorf("%s: not a valid DNS name", name)
 	}
-	if !strings.Contains(name, ".") && name != "localhost" {
-		// a single label can never be publicly validated, but private
-		// CAs may allow it; let the CA decide
-		return nil
-	}
+	// anything else (a single label, say) is the CA's to refuse: private
+	// CAs may allow what public ones do not
 	return nil
 }
 
@@ -93,6 +90,3 @@ func csrIdentifiers(csr *x509.CertificateRequest) ([]acme.Identifier, error) {
 	}
 	return ids, nil
 }
-
-// identifierName is the name of an identifier as certmagic knows it.
-func identifierName(id acme.Identifier) string { return id.Value }

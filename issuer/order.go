@@ -104,6 +104,7 @@ func (w *workflow) replaceOrder(ctx context.Context, o *Order, why string) {
 	if err := w.store.saveResource(ctx, KindOrder, o.ID, o.Name, o.indexed, o.State, o); err != nil {
 		w.logger.Warn("recording replaced order", zapOrder(o.ID), zap.Error(err))
 	}
+	w.observer().OrderChanged(*o, 0)
 	w.logger.Info("replacing order", zapOrder(o.ID), zapReason(o.Reason))
 }
 

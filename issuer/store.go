@@ -152,8 +152,6 @@ func (s store) list(ctx context.Context, kind string) ([]string, error) {
 	return ids, nil
 }
 
-func isCorrupt(err error) bool { return errors.Is(err, ErrCorrupt) }
-
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
 
 func storageErr(step, key string, err error) error {
