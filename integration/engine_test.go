@@ -24,6 +24,7 @@ import (
 func TestEngineWithoutCaddy(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	storage := &certmagic.FileStorage{Path: e.storage}
+	t.Cleanup(func() { issuer.FlushIndex(30 * time.Second) }) // before the storage goes
 	const issuerKey = "certflow-engine-test"
 	serveTLSALPNFromStorage(t, storage, issuerKey, e.httpsPort)
 

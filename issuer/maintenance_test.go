@@ -27,7 +27,11 @@ func (r *recordingSolver) CleanUp(_ context.Context, chal acme.Challenge, _ json
 }
 
 func testStore(t *testing.T) store {
-	return store{storage: &certmagic.FileStorage{Path: t.TempDir()}, issuerKey: "certflow-test"}
+	s := store{storage: &certmagic.FileStorage{Path: t.TempDir()}, issuerKey: "certflow-test"}
+	// index markers are written in the background: let them land before
+	// the directory is removed
+	t.Cleanup(func() { FlushIndex(time.Minute) })
+	return s
 }
 
 func TestCleanUpLeftovers(t *testing.T) {

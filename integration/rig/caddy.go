@@ -8,6 +8,9 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"time"
+
+	"github.com/certflow/certflow/issuer"
 )
 
 // xdgMu guards the one-time setup of Caddy's config and data directories.
@@ -47,9 +50,13 @@ func RunCaddy(cfgJSON []byte) error {
 	return nil
 }
 
-// StopCaddy stops this process's Caddy instance and all its apps.
+// StopCaddy stops this process's Caddy instance and all its apps, and waits
+// for the index updates certflow queued to be written, so nothing writes to
+// the storage once it returns (a test may remove it next).
 func StopCaddy() error {
-	if err := caddy.Stop(); err != nil {
+	err := caddy.Stop()
+	issuer.FlushIndex(30 * time.Second)
+	if err != nil {
 		return fmt.Errorf("stopping Caddy: %w", err)
 	}
 	return nil
