@@ -2,13 +2,14 @@ package rig
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"time"
 
 	"github.com/certflow/certflow/issuer"
 )
@@ -19,18 +20,27 @@ var (
 	xdgDone bool
 )
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago: it
-// listens on 127.0.0.1:0, closes the listener and returns its port.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// picks from 10000–31999, below Linux's ephemeral range (32768–60999): a
+// port taken from that range and released again is soon handed to some
+// other socket (any outgoing connection on the machine), and the test that
+// meant to listen on it fails with "address already in use".
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port on 127.0.0.1: %w", err)
+	const lo, hi, tries = 10000, 32000, 200
+	var lastErr error
+	for range tries {
+		port := lo + rand.IntN(hi-lo)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if err := ln.Close(); err != nil {
+			return 0, fmt.Errorf("releasing free port %d: %w", port, err)
+		}
+		return port, nil
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		return 0, fmt.Errorf("releasing free port %d: %w", port, err)
-	}
-	return port, nil
+	return 0, fmt.Errorf("no free port on 127.0.0.1 in %d-%d after %d tries: %w", lo, hi-1, tries, lastErr)
 }
 
 // RunCaddy loads cfgJSON into this process's Caddy instance, replacing any
