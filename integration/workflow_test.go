@@ -161,7 +161,8 @@ func TestStockAccountIsReused(t *testing.T) {
 		t.Fatalf("stock issuer made %d new-account requests, want 1", n)
 	}
 
-	e.run(e.config(e.issuer(nil)))
+	// a reload: wait until the new config serves the name already issued
+	e.reload(e.config(e.issuer(nil)), "stock.test")
 	e.mustHandshake("certflow.test")
 	if n := e.ca.Count(rig.KindNewAccount); n != 1 {
 		t.Fatalf("certflow registered another account (%d new-account requests in all)", n)
