@@ -53,7 +53,7 @@ func (c *caRecorder) hook(r *http.Request) (int, http.Header, string, bool) {
 	var ids []string
 	if kind == rig.KindNewOrder {
 		body, _ := io.ReadAll(r.Body)
-		ids = newOrderIdentifiers(body)
+		ids = rig.OrderIdentifiers(body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	c.mu.Lock()

@@ -1,9 +1,7 @@
 package integration
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -252,7 +250,7 @@ func rejectFirstOrder(name, detail string) rig.Fault {
 			return 0, nil, "", false
 		}
 		body, err := io.ReadAll(r.Body)
-		if err != nil || !contains(newOrderIdentifiers(body), name) {
+		if err != nil || !contains(rig.OrderIdentifiers(body), name) {
 			return 0, nil, "", false
 		}
 		if !done.CompareAndSwap(false, true) {
@@ -262,34 +260,6 @@ func rejectFirstOrder(name, detail string) rig.Fault {
 		h.Set("Content-Type", "application/problem+json")
 		return http.StatusBadRequest, h, string(problem), true
 	}
-}
-
-// newOrderIdentifiers decodes the identifier values from the payload of a
-// new-order JWS (flattened JSON serialization).
-func newOrderIdentifiers(body []byte) []string {
-	var jws struct {
-		Payload string `json:"payload"`
-	}
-	if json.Unmarshal(body, &jws) != nil {
-		return nil
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(jws.Payload, "="))
-	if err != nil {
-		return nil
-	}
-	var order struct {
-		Identifiers []struct {
-			Value string `json:"value"`
-		} `json:"identifiers"`
-	}
-	if json.NewDecoder(bytes.NewReader(payload)).Decode(&order) != nil {
-		return nil
-	}
-	var out []string
-	for _, id := range order.Identifiers {
-		out = append(out, strings.ToLower(id.Value))
-	}
-	return out
 }
 
 // startSlowDNS starts a DNS server on 127.0.0.1 (UDP and TCP on one port)

@@ -168,7 +168,7 @@ func (c *CA) serveHTTP(next http.Handler, w http.ResponseWriter, r *http.Request
 
 	rec := Request{Kind: KindOf(r), Method: r.Method, Path: r.URL.Path}
 	if rec.Kind == KindNewOrder {
-		rec.Identifiers = orderIdentifiers(body)
+		rec.Identifiers = OrderIdentifiers(body)
 	}
 
 	c.requests.mu.Lock()
@@ -222,9 +222,9 @@ func (c *CA) record(rec Request) {
 	c.requests.requests = append(c.requests.requests, rec)
 }
 
-// orderIdentifiers returns the identifier values in the payload of a
+// OrderIdentifiers returns the identifier values in the payload of a
 // new-order JWS (flattened JSON serialization), or nil if it has none.
-func orderIdentifiers(body []byte) []string {
+func OrderIdentifiers(body []byte) []string {
 	var jws struct {
 		Payload string `json:"payload"`
 	}
