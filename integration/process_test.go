@@ -137,14 +137,19 @@ func newProcEnv(t *testing.T, o procEnvOptions) *procEnv {
 	// registered after the CA and DNS, so it runs before they close
 	t.Cleanup(func() {
 		for _, n := range pe.nodes {
-			if n.proc != nil {
-				if err := n.proc.Stop(5 * time.Second); err != nil {
-					t.Logf("stopping node %s: %v", n.name, err)
-				}
-			}
+			stopNode(t, n)
 		}
 	})
 	return pe
+}
+
+// stopNode stops the node's Caddy process if it is running.
+func stopNode(t *testing.T, n *node) {
+	if n.proc != nil {
+		if err := n.proc.Stop(5 * time.Second); err != nil {
+			t.Logf("stopping node %s: %v", n.name, err)
+		}
+	}
 }
 
 // in returns a view of pe for subtest t (same nodes, CA and storage), so

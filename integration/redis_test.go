@@ -312,11 +312,7 @@ func newRedisEnv(t *testing.T, o redisEnvOptions) *redisEnv {
 	})
 	t.Cleanup(func() {
 		for _, n := range re.nodes {
-			if n.proc != nil {
-				if err := n.proc.Stop(5 * time.Second); err != nil {
-					t.Logf("stopping node %s: %v", n.name, err)
-				}
-			}
+			stopNode(t, n)
 		}
 	})
 	return re
