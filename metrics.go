@@ -31,6 +31,9 @@ import (
 //	certflow_ca_request_duration_seconds{status_class}       each CA request, histogram
 //	certflow_scheduler_live_challenges                       gauge: challenges scheduled until final
 //	certflow_scheduler_queued_challenges                     gauge: challenges waiting for a slot
+//	certflow_storage_operations_total{operation,outcome}     certflow's own storage calls:
+//	                                                         store | load | delete | exists | list | stat | lock | unlock;
+//	                                                         ok | not_found | error
 const metricsNamespace = "certflow"
 
 // stepBuckets cover a fast local CA (tens of milliseconds) up to the
@@ -55,6 +58,8 @@ var metrics = struct {
 	caDuration        *prometheus.HistogramVec
 	schedulerLive     prometheus.GaugeFunc
 	schedulerQueued   prometheus.GaugeFunc
+	storageOps        *prometheus.CounterVec
+	storageCalls      [][]prometheus.Counter // storageOps' series by operation and outcome, resolved once: a call costs an atomic add
 	allCollectorsList []prometheus.Collector
 }{}
 
@@ -128,10 +133,21 @@ func init() {
 		_, queued := issuer.DefaultScheduler().Stats()
 		return float64(queued)
 	})
+	m.storageOps = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace, Name: "storage_operations_total",
+		Help: "certflow's own calls to its certmagic storage (resources, index, tokens, locks, admin reads; not certmagic's), by operation and outcome (ok, not_found, error). Some backends answer not_found when they cannot be reached.",
+	}, []string{"operation", "outcome"})
+	for _, op := range issuer.StorageOps() {
+		row := make([]prometheus.Counter, len(issuer.StorageOutcomes()))
+		for _, outcome := range issuer.StorageOutcomes() {
+			row[outcome] = m.storageOps.WithLabelValues(op.String(), outcome.String())
+		}
+		m.storageCalls = append(m.storageCalls, row)
+	}
 	m.allCollectorsList = []prometheus.Collector{
 		m.requests, m.orders, m.challenges, m.orderCreation, m.presentToValid, m.selfCheckWait,
 		m.finalize, m.issuance, m.backoffs, m.caResponses, m.caRateLimited, m.caDuration,
-		m.schedulerLive, m.schedulerQueued,
+		m.schedulerLive, m.schedulerQueued, m.storageOps,
 	}
 }
 
@@ -153,6 +169,13 @@ func registerMetrics(reg prometheus.Registerer) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// countStorageCall adds one storage call to its series.
+func countStorageCall(op issuer.StorageOp, outcome issuer.StorageOutcome) {
+	if int(op) < len(metrics.storageCalls) && int(outcome) < len(metrics.storageCalls[op]) {
+		metrics.storageCalls[op][outcome].Inc()
+	}
 }
 
 // statusClass buckets an HTTP status: "2xx" … "5xx", or "error" for no

@@ -373,11 +373,12 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 	if iss.shadow != nil {
 		iss.shadow.SetConfig(cfg)
 	}
+	storage := iss.countedStorage(cfg.Storage) // certflow's own calls are counted (observer.go)
 	opts := &issuer.Options{
-		Storage:           cfg.Storage,
+		Storage:           storage,
 		IssuerKey:         iss.issuerKey,
 		ChallengeTypes:    iss.challengeTypes(),
-		Solvers:           iss.buildSolvers(cfg.Storage),
+		Solvers:           iss.buildSolvers(storage),
 		SelfCheckDisabled: iss.selfCheck().Disabled,
 		SelfCheckInterval: time.Duration(iss.selfCheck().Interval),
 		SelfCheckTimeout:  time.Duration(iss.selfCheck().Timeout),
@@ -394,7 +395,7 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 	if iss.options == nil {
 		return // not provisioned: nothing can issue through this instance
 	}
-	iss.observe(opts, cfg.Storage) // sets opts.Observer; registers the storage for the admin API
+	iss.observe(opts, storage) // sets opts.Observer; registers the storage for the admin API
 	iss.options.Store(opts)
 	if iss.engine != nil {
 		iss.engine.StartMaintenance(opts)

@@ -206,6 +206,13 @@ func (o *observer) CAResponded(status int, took time.Duration) {
 	}
 }
 
+// StorageCalled implements issuer.StorageObserver: certflow's own storage
+// calls, counted process-wide (see metrics.go). It is called for every
+// storage call, nil observer included, so it only adds to a counter.
+func (o *observer) StorageCalled(op issuer.StorageOp, outcome issuer.StorageOutcome) {
+	countStorageCall(op, outcome)
+}
+
 // BackoffStarted implements issuer.Observer.
 func (o *observer) BackoffStarted(name string, until time.Time, reason string) {
 	if o == nil {
@@ -326,7 +333,10 @@ func (t *orderChallengeTypes) finish(o issuer.Order) string {
 	}
 }
 
-var _ issuer.Observer = (*observer)(nil)
+var (
+	_ issuer.Observer        = (*observer)(nil)
+	_ issuer.StorageObserver = (*observer)(nil)
+)
 
 // instanceObservers holds the observer of each provisioned issuer instance
 // (kept beside the Issuer struct, so module.go only calls the three hooks
@@ -348,6 +358,18 @@ func (iss *Issuer) observe(opts *issuer.Options, storage certmagic.Storage) {
 		opts.Observer = v.(*observer)
 	}
 	registerSource(iss, storage, iss.issuerKey)
+}
+
+// countedStorage is called by SetConfig with the policy's storage: what
+// certflow uses in its place, so that every storage call certflow makes
+// (workflow, index, maintenance, tokens, admin reads) is counted in
+// certflow_storage_operations_total. certmagic keeps the storage itself.
+func (iss *Issuer) countedStorage(storage certmagic.Storage) certmagic.Storage {
+	var obs issuer.Observer
+	if v, ok := instanceObservers.Load(iss); ok {
+		obs = v.(*observer)
+	}
+	return issuer.CountStorageCalls(storage, obs)
 }
 
 // stopObserving is called by Cleanup.

@@ -64,8 +64,11 @@ func registeredSources() []source {
 
 // storageID names a storage value well enough to tell two apart: two
 // values of the same backend pointing at the same place (e.g. file_system
-// storages with the same root) are the same storage.
+// storages with the same root) are the same storage, and so are a storage
+// and certflow's counting wrapper of it (the issuers register the wrapper,
+// Caddy's global storage is the bare value).
 func storageID(s certmagic.Storage) string {
+	s = issuer.UnwrapStorage(s)
 	if str, ok := s.(fmt.Stringer); ok {
 		return fmt.Sprintf("%T:%s", s, str.String())
 	}
