@@ -246,9 +246,17 @@ func callCAWith(ctx context.Context, step string, wait429 bool, fn func(ctx cont
 // pollWait returns how long to wait before poll number n (0-based): start
 // within milliseconds and double up to a cap, unless the CA said otherwise.
 func pollWait(n int, retryAfter time.Duration) time.Duration {
+	return pollWaitFrom(minPollStep, n, retryAfter)
+}
+
+// minPollStep is the first gap between polls.
+const minPollStep = 2 * time.Millisecond
+
+// pollWaitFrom is pollWait with a first gap of step.
+func pollWaitFrom(step time.Duration, n int, retryAfter time.Duration) time.Duration {
 	if retryAfter > 0 {
 		return retryAfter
 	}
-	d := 2 * time.Millisecond << min(n, 9)
+	d := max(step, minPollStep) << min(n, 10)
 	return min(d, time.Second)
 }

@@ -201,10 +201,20 @@ func (c *challengeRun) selfCheck(ctx context.Context, tuning solvers.SelfCheckTu
 	}
 }
 
-// await polls the authorization until the CA has decided, starting within
+// await polls the authorization until the CA has decided: first after most
+// of the CA's usual validation time (see validationTime), then within
 // milliseconds and backing off, or waiting as long as the CA's Retry-After.
 func (c *challengeRun) await(ctx context.Context) error {
 	w := c.r.w
+	accepted := time.Now()
+	w.engine.validation.awaiting.Add(1)
+	defer w.engine.validation.awaiting.Add(-1)
+	step := w.engine.validation.pollStep()
+	select {
+	case <-ctx.Done():
+		return c.fail(ctx, fmt.Errorf("waiting for the CA to validate: %w", ctx.Err()))
+	case <-time.After(w.engine.validation.firstPollWait()):
+	}
 	for n := 0; ; n++ {
 		var authz acme.Authorization
 		var retryAfter time.Duration
@@ -221,6 +231,7 @@ func (c *challengeRun) await(ctx context.Context) error {
 		}
 		switch authz.Status {
 		case acme.StatusValid:
+			w.engine.validation.observe(time.Since(accepted))
 			return c.finish(ctx, ChallengeValid, "")
 		case acme.StatusPending:
 			// still validating; if our challenge already failed the
@@ -235,7 +246,7 @@ func (c *challengeRun) await(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return c.fail(ctx, fmt.Errorf("waiting for the CA to validate: %w", ctx.Err()))
-		case <-time.After(pollWait(n, retryAfter)):
+		case <-time.After(pollWaitFrom(step, n, retryAfter)):
 		}
 	}
 }

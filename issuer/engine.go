@@ -32,6 +32,8 @@ type Engine struct {
 
 	sentinels sync.Map // storages whose sentinel this process has confirmed
 
+	validation validationTime // how long the CA takes to validate, for the first poll
+
 	maintMu sync.Mutex
 	maint   map[string]*maintenance // by storage identity and issuer key
 }
