@@ -247,6 +247,10 @@ func (Issuer) CaddyModule() caddy.ModuleInfo {
 
 const defaultCA = "https://acme-v02.api.letsencrypt.org/directory"
 
+// cleanupFlushTimeout bounds how long unloading a config waits for the
+// index markers this process still holds.
+const cleanupFlushTimeout = 5 * time.Second
+
 // Provision sets up the issuer: the shared ACME engine for its CA and
 // account, the scheduler limits, and the shadow issuer that lets Caddy serve
 // HTTP-01 tokens from storage.
@@ -361,6 +365,9 @@ func (iss *Issuer) Validate() error {
 // finishes with the storage and options it started with.
 func (iss *Issuer) Cleanup() error {
 	iss.stopObserving()
+	// the index markers held back for merging (issuer.indexWriter) are
+	// written now: when Caddy stops, nothing else would
+	issuer.FlushIndex(cleanupFlushTimeout)
 	if iss.engineKey != "" {
 		return issuer.ReleaseEngine(iss.engineKey)
 	}

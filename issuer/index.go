@@ -3,23 +3,26 @@ package issuer
 import (
 	"context"
 	"path"
+	"slices"
 
 	"github.com/caddyserver/certmagic"
 )
 
 // The index lets status views list resources newest first, by name and by
 // state, without reading (or even listing) every stored object. It is a set
-// of empty marker keys, written only when a resource is created or reaches
-// a final state, concurrently with the resource itself:
+// of empty marker keys, written in the background (see indexWriter) when a
+// resource is created or reaches a final state:
 //
-//	certflow/<issuer key>/index/<kind>/all/<time>/<id>           one per resource
 //	certflow/<issuer key>/index/<kind>/name/<name>/<id>          one per resource
 //	certflow/<issuer key>/index/<kind>/inflight/<time>/<id>      while not final
 //	certflow/<issuer key>/index/<kind>/state/<state>/<time>/<id> once final
 //
 // <time> is hour/minute/second of creation, taken from the ID (IDs sort by
 // creation time), so a page of a list reads a few small folders whatever
-// the number of stored resources.
+// the number of stored resources. Every resource is in the in-flight folder
+// or in one final-state folder, so an unfiltered list merges those (a few
+// walks) rather than keeping a marker of its own for every resource: each
+// marker is a synced write on the file system.
 // Markers are deleted with their resource; a stale marker is harmless, as
 // queries check the resource itself.
 
@@ -47,12 +50,6 @@ func (s store) stateDir(kind, state string) string {
 	return path.Join(s.indexPrefix(kind), "state", certmagic.StorageKeys.Safe(state))
 }
 
-func (s store) allMarker(kind, id string) string {
-	return path.Join(append(append([]string{s.allDir(kind)}, timeBuckets(id)...), certmagic.StorageKeys.Safe(id))...)
-}
-
-func (s store) allDir(kind string) string { return path.Join(s.indexPrefix(kind), "all") }
-
 // timeBuckets are the folders an ID's marker goes in: its creation hour,
 // minute and second ("20261127-14", "27", "19"), so no folder grows large
 // even when thousands of resources are created in a minute.
@@ -64,22 +61,32 @@ func timeBuckets(id string) []string {
 	return []string{id[:11], id[11:13], id[13:15]}
 }
 
-// isFinalState reports whether state is final for resources of kind.
-func isFinalState(kind, state string) bool {
+// finalStates are the states a resource of kind ends in.
+func finalStates(kind string) []string {
 	switch kind {
 	case KindRequest:
-		return state == RequestReady || state == RequestFailed
+		return []string{RequestReady, RequestFailed}
 	case KindOrder:
-		return state == OrderValid || state == OrderInvalid || state == OrderErrored
+		return []string{OrderValid, OrderInvalid, OrderErrored}
 	case KindChallenge:
-		return isFinalChallengeState(state)
+		return []string{ChallengeValid, ChallengeInvalid, ChallengeErrored}
 	}
-	return false
+	return nil
 }
 
+// isFinalState reports whether state is final for resources of kind.
+func isFinalState(kind, state string) bool {
+	return slices.Contains(finalStates(kind), state)
+}
+
+// indexUnknown is the indexed state of a resource loaded from storage: its
+// markers may have been lost with the process that wrote it (they are
+// written late, see indexWriter), so its next save puts them all again.
+const indexUnknown = "?"
+
 // reindex updates the markers of a resource whose state went from `from`
-// ("" when just created) to `to`. Only creation and reaching (or changing)
-// a final state write anything.
+// ("" when just created, indexUnknown when not known) to `to`. Only
+// creation and reaching (or changing) a final state write anything.
 func (s store) reindex(ctx context.Context, kind, id, name, from, to string) error {
 	put := func(key string) error {
 		if err := s.storage.Store(ctx, key, nil); err != nil {
@@ -95,9 +102,8 @@ func (s store) reindex(ctx context.Context, kind, id, name, from, to string) err
 	}
 	wasFinal, isFinal := isFinalState(kind, from), isFinalState(kind, to)
 	var ops []func() error
-	if from == "" {
+	if from == "" || from == indexUnknown {
 		ops = append(ops, func() error { return put(s.nameMarker(kind, name, id)) })
-		ops = append(ops, func() error { return put(s.allMarker(kind, id)) })
 		if !isFinal {
 			ops = append(ops, func() error { return put(s.inflightMarker(kind, id)) })
 		}
@@ -119,7 +125,7 @@ func (s store) reindex(ctx context.Context, kind, id, name, from, to string) err
 
 // unindex removes every marker of a resource (when it is deleted).
 func (s store) unindex(ctx context.Context, kind, id, name, state string) {
-	for _, key := range []string{s.nameMarker(kind, name, id), s.allMarker(kind, id), s.inflightMarker(kind, id), s.stateMarker(kind, state, id)} {
+	for _, key := range []string{s.nameMarker(kind, name, id), s.inflightMarker(kind, id), s.stateMarker(kind, state, id)} {
 		_ = s.storage.Delete(ctx, key)
 	}
 }

@@ -3,6 +3,7 @@ package issuer
 import (
 	"context"
 	"hash/fnv"
+	"slices"
 	"sync"
 	"time"
 
@@ -12,69 +13,181 @@ import (
 // The index markers are not needed to resume a workflow, only to list
 // resources, so they are written off the issuance path by a few background
 // writers: on the file system every marker is a synced file, and an
-// issuance would otherwise wait for a dozen of them. The markers of one
-// resource always go to the same writer, so they are applied in order.
-// A marker lost in a crash only leaves the resource out of lists; a stale
-// one is harmless (queries check the resource itself).
+// issuance would otherwise wait for them.
+//
+// Updates are held for indexDelay and merged per resource before they are
+// written: a resource that goes from created to final within the delay (a
+// fast issuance) gets its name and final-state markers only, never the
+// in-flight marker it would write and delete again. That halves the marker
+// writes of a burst, which on a synced file system compete with the
+// issuance's own writes for the disk.
+//
+// The markers of one resource always go to the same writer, so they are
+// applied in order. A marker lost in a crash only leaves the resource out of
+// lists until it is next saved (a resumed resource re-puts its markers); a
+// stale one is harmless (queries check the resource itself). Another node
+// lists what this one did at most indexDelay late; this node's own status
+// views flush first (FlushIndex).
 
 const (
-	indexWriters     = 4
-	indexQueueLength = 4096
+	indexWriters = 4
+	// indexDelay is how long an update waits for more of its resource's.
+	indexDelay = 2 * time.Second
+	// indexTick is how often due updates are handed to the writers.
+	indexTick = 100 * time.Millisecond
+	// maxPendingIndex bounds the updates held back; past it an update is
+	// written by the caller, so the backlog never grows without bound.
+	maxPendingIndex = 100000
+	// indexQueueLength is each writer's queue.
+	indexQueueLength = 1024
 )
+
+// indexUpdate is the net index change of one resource: from the state the
+// index shows to the latest state saved.
+type indexUpdate struct {
+	s              store
+	kind, id, name string
+	from, to       string
+	due            time.Time
+	logger         *zap.Logger
+	queue          uint32
+}
 
 type indexWriter struct {
 	once    sync.Once
-	queues  [indexWriters]chan func()
-	pending sync.WaitGroup
+	mu      sync.Mutex
+	held    map[string]*indexUpdate // by kind/id, not yet handed to a writer
+	flushes int                     // FlushIndex calls waiting: hand everything over now
+	wake    chan struct{}
+	queues  [indexWriters]chan *indexUpdate
+	pending int           // held or queued updates
+	idle    chan struct{} // closed when pending drops to 0
 }
 
 var markers indexWriter
 
-// submit queues the index update of one resource. When the queue is full,
-// it runs the update itself: the backlog never grows without bound.
-func (iw *indexWriter) submit(resourceID string, logger *zap.Logger, update func(context.Context) error) {
+// submit records that a resource went from `from` to `to`; its markers are
+// written later, merged with the resource's next changes.
+func (iw *indexWriter) submit(s store, kind, id, name, from, to string) {
 	iw.once.Do(iw.start)
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(resourceID))
-	op := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
-		defer cancel()
-		if err := update(ctx); err != nil && logger != nil {
-			logger.Warn("updating the index", zap.String("resource", resourceID), zap.Error(err))
-		}
+	key := kind + "/" + id
+	iw.mu.Lock()
+	if u, ok := iw.held[key]; ok {
+		u.to, u.s = to, s // the index still shows u.from
+		iw.mu.Unlock()
+		return
 	}
-	iw.pending.Add(1)
-	select {
-	case iw.queues[h.Sum32()%indexWriters] <- op:
-	default:
-		op()
-		iw.pending.Done()
+	if len(iw.held) >= maxPendingIndex {
+		iw.mu.Unlock()
+		writeIndex(&indexUpdate{s: s, kind: kind, id: id, name: name, from: from, to: to, logger: s.logger})
+		return
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	iw.held[key] = &indexUpdate{
+		s: s, kind: kind, id: id, name: name, from: from, to: to,
+		due: time.Now().Add(indexDelay), logger: s.logger, queue: h.Sum32() % indexWriters,
+	}
+	if iw.pending == 0 {
+		iw.idle = make(chan struct{})
+	}
+	iw.pending++
+	iw.mu.Unlock()
+}
+
+func (iw *indexWriter) done() {
+	iw.mu.Lock()
+	defer iw.mu.Unlock()
+	iw.pending--
+	if iw.pending == 0 {
+		close(iw.idle)
 	}
 }
 
 func (iw *indexWriter) start() {
+	iw.held = make(map[string]*indexUpdate)
+	iw.wake = make(chan struct{}, 1)
 	for i := range iw.queues {
-		iw.queues[i] = make(chan func(), indexQueueLength)
-		go func(q chan func()) {
-			for op := range q {
-				op()
-				iw.pending.Done()
+		iw.queues[i] = make(chan *indexUpdate, indexQueueLength)
+		go func(q chan *indexUpdate) {
+			for u := range q {
+				writeIndex(u)
+				iw.done()
 			}
 		}(iw.queues[i])
+	}
+	go iw.dispatch()
+}
+
+// dispatch hands due updates to their writers, oldest first, every tick or
+// at once when a flush asks.
+func (iw *indexWriter) dispatch() {
+	ticker := time.NewTicker(indexTick)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ticker.C:
+		case <-iw.wake:
+		}
+		for _, u := range iw.takeDue(time.Now()) {
+			iw.queues[u.queue] <- u // blocks when a writer is behind: held updates keep merging meanwhile
+		}
+	}
+}
+
+// takeDue removes and returns the updates to write now, oldest first: the
+// due ones, or all of them while a flush waits.
+func (iw *indexWriter) takeDue(now time.Time) []*indexUpdate {
+	iw.mu.Lock()
+	defer iw.mu.Unlock()
+	var due []*indexUpdate
+	for key, u := range iw.held {
+		if iw.flushes > 0 || !u.due.After(now) {
+			due = append(due, u)
+			delete(iw.held, key)
+		}
+	}
+	slices.SortFunc(due, func(a, b *indexUpdate) int { return a.due.Compare(b.due) })
+	return due
+}
+
+func writeIndex(u *indexUpdate) {
+	if u.from == u.to && u.from != "" {
+		return // back where the index already is
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+	defer cancel()
+	if err := u.s.reindex(ctx, u.kind, u.id, u.name, u.from, u.to); err != nil && u.logger != nil {
+		u.logger.Warn("updating the index", zap.String("resource", u.id), zap.String("kind", u.kind), zap.Error(err))
 	}
 }
 
 // FlushIndex waits, at most for timeout, until this process has written
-// the index updates it queued, so a status view served by this process
+// the index updates it holds, so a status view served by this process
 // lists what it just did.
 func FlushIndex(timeout time.Duration) {
-	done := make(chan struct{})
-	go func() {
-		markers.pending.Wait()
-		close(done)
+	markers.once.Do(markers.start)
+	markers.mu.Lock()
+	if markers.pending == 0 {
+		markers.mu.Unlock()
+		return
+	}
+	idle := markers.idle
+	markers.flushes++
+	markers.mu.Unlock()
+	defer func() {
+		markers.mu.Lock()
+		markers.flushes--
+		markers.mu.Unlock()
 	}()
 	select {
-	case <-done:
-	case <-time.After(timeout):
+	case markers.wake <- struct{}{}:
+	default:
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-idle:
+	case <-timer.C:
 	}
 }

@@ -178,13 +178,12 @@ func cleanUpLeftovers(ctx context.Context, s store, opts *Options, now time.Time
 				continue
 			}
 		}
-		loadedState := ch.State
 		ch.CleanedUp, ch.Updated = true, now
 		if abandoned {
 			ch.State, ch.Reason = ChallengeErrored, "abandoned: no process finished it within its deadline of "+opts.ChallengeTimeout.String()
 			ch.Times.Finished = now
 		}
-		if err := s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, loadedState, ch.State, &ch); err != nil {
+		if err := s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, indexUnknown, ch.State, &ch); err != nil {
 			opts.Logger.Warn("recording a leftover challenge's clean-up", zapChallenge(ch.ID), zap.Error(err))
 			continue
 		}

@@ -60,7 +60,7 @@ func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error
 	case err != nil:
 		return nil, err
 	}
-	o.indexed = o.State
+	o.indexed = indexUnknown
 	switch o.State {
 	case OrderPending, OrderReady:
 	case OrderProcessing:
@@ -336,7 +336,7 @@ func (r *orderRun) challengeFor(ctx context.Context, index int, authz acme.Autho
 			return nil, err
 		}
 		if ch.AuthorizationURL == authz.Location && !isFinalChallengeState(ch.State) {
-			ch.indexed = ch.State
+			ch.indexed = indexUnknown
 			return &ch, nil
 		}
 	}
@@ -389,7 +389,7 @@ func (r *orderRun) finishStoredChallenge(ctx context.Context, index int, id acme
 		if isFinalChallengeState(ch.State) {
 			continue
 		}
-		ch.indexed = ch.State
+		ch.indexed = indexUnknown
 		c := &challengeRun{
 			r:      r,
 			ch:     &ch,

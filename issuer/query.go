@@ -113,7 +113,11 @@ func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 	case q.State != "":
 		err = r.walkBuckets(ctx, r.s.stateDir(q.Kind, q.State), q.After, take)
 	default:
-		err = r.walkBuckets(ctx, r.s.allDir(q.Kind), q.After, take)
+		dirs := []string{r.s.inflightDir(q.Kind)}
+		for _, state := range finalStates(q.Kind) {
+			dirs = append(dirs, r.s.stateDir(q.Kind, state))
+		}
+		err = r.walkMerged(ctx, dirs, q.After, limit, take)
 	}
 	if err != nil {
 		return Page{}, err
@@ -128,6 +132,66 @@ func (r Reader) walkFlat(ctx context.Context, dir string, take func(string) (boo
 		return err
 	}
 	return offerNewestFirst(ids, take)
+}
+
+// maxMergeRounds bounds walkMerged; each round moves past at least one
+// batch of a folder's IDs.
+const maxMergeRounds = 10000
+
+// walkMerged offers the IDs of several time-bucketed folders merged, newest
+// first, each once (a resource can briefly have a stale in-flight marker
+// beside its final one). Each round reads a batch from every folder and
+// offers only the IDs no unread one can precede: those not older than the
+// oldest of the batch of any folder that had more.
+func (r Reader) walkMerged(ctx context.Context, dirs []string, after string, batch int, take func(string) (bool, error)) error {
+	cursor := after
+	for range maxMergeRounds {
+		var ids []string
+		boundary, more := "", false
+		for _, dir := range dirs {
+			got, err := r.collectBuckets(ctx, dir, cursor, batch)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, got...)
+			if len(got) == batch {
+				more = true
+				if oldest := got[len(got)-1]; oldest > boundary {
+					boundary = oldest
+				}
+			}
+		}
+		slices.Sort(ids)
+		ids = slices.Compact(ids)
+		slices.Reverse(ids)
+		for _, id := range ids {
+			if more && id < boundary {
+				break
+			}
+			if full, err := take(id); err != nil || full {
+				return err
+			}
+		}
+		if !more {
+			return nil
+		}
+		cursor = boundary
+	}
+	return fmt.Errorf("listing %v: more than %d rounds", dirs, maxMergeRounds)
+}
+
+// collectBuckets returns up to n IDs older than after (all, when after is
+// empty) from a time-bucketed folder, newest first.
+func (r Reader) collectBuckets(ctx context.Context, dir, after string, n int) ([]string, error) {
+	var ids []string
+	err := r.walkBuckets(ctx, dir, after, func(id string) (bool, error) {
+		if after != "" && id >= after {
+			return false, nil
+		}
+		ids = append(ids, id)
+		return len(ids) == n, nil
+	})
+	return ids, err
 }
 
 // walkBuckets offers the IDs of a time-bucketed folder (hour/minute/second,

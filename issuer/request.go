@@ -135,13 +135,19 @@ func (w *workflow) recordSuccess(ctx context.Context) {
 	now := time.Now()
 	w.cr.State, w.cr.Reason, w.cr.Updated = RequestReady, "", now
 	w.cr.Took = Duration(now.Sub(w.started))
-	w.rec.Failures, w.rec.NextAttempt, w.rec.LastError, w.rec.CurrentOrder = 0, time.Time{}, "", ""
-	// the valid order, the ready request and the name: independent writes
-	if err := parallel(
+	// the valid order, the ready request and the name: independent writes.
+	// The name is written only when it has a failure to forget: its
+	// current order, now valid, is never resumed (resumeOrder skips a
+	// finished order), so clearing it is not worth a synced write.
+	writes := []func() error{
 		func() error { return w.order.setState(ctx, OrderValid, "") },
 		w.saveRequestFunc(ctx),
-		w.saveNameRecordFunc(ctx),
-	); err != nil {
+	}
+	if w.rec.Failures != 0 || !w.rec.NextAttempt.IsZero() || w.rec.LastError != "" {
+		w.rec.Failures, w.rec.NextAttempt, w.rec.LastError, w.rec.CurrentOrder = 0, time.Time{}, "", ""
+		writes = append(writes, w.saveNameRecordFunc(ctx))
+	}
+	if err := parallel(writes...); err != nil {
 		w.logger.Error("recording the issued certificate", zapRequest(w.cr.ID), zap.Error(err))
 	}
 	w.observer().RequestChanged(*w.cr)

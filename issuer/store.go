@@ -166,9 +166,7 @@ func (s store) saveResource(ctx context.Context, kind, id, name, from, to string
 		return err
 	}
 	if from != to || from == "" {
-		markers.submit(id, s.logger, func(ctx context.Context) error {
-			return s.reindex(ctx, kind, id, name, from, to)
-		})
+		markers.submit(s, kind, id, name, from, to)
 	}
 	return nil
 }
