@@ -86,6 +86,9 @@ func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 			return false, nil // trimmed meanwhile; its marker goes next
 		}
 		if err != nil {
+			if _, serr := r.s.storage.Load(ctx, r.s.sentinelKey()); serr == nil {
+				return false, nil // the store answers: only this value is unreadable (corrupt.go); list the rest
+			}
 			return false, storageErr("loading", r.s.key(q.Kind, id), err)
 		}
 		var head resourceHead

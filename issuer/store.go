@@ -45,7 +45,9 @@ func (s store) sentinelKey() string { return path.Join(s.prefix(), "sentinel") }
 
 // load decodes the resource kind/id into v. A missing resource returns an
 // error satisfying errors.Is(err, fs.ErrNotExist); a resource that does not
-// decode, or has another schema version, is moved aside and returns ErrCorrupt.
+// decode, has another schema version or is not the resource of its key, or
+// that the storage cannot return while it answers (corrupt.go), is moved
+// aside and returns ErrCorrupt.
 func (s store) load(ctx context.Context, kind, id string, v any) error {
 	key := s.key(kind, id)
 	b, err := s.storage.Load(ctx, key)
@@ -53,7 +55,7 @@ func (s store) load(ctx context.Context, kind, id string, v any) error {
 		return fmt.Errorf("loading %s: %w", key, fs.ErrNotExist)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: loading %s: %w", ErrStorage, key, err)
+		return s.unreadable(ctx, key, err) // a storage error, or a value it cannot return (corrupt.go)
 	}
 	var head struct {
 		Version int `json:"version"`
@@ -66,6 +68,9 @@ func (s store) load(ctx context.Context, kind, id string, v any) error {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return s.setAside(ctx, key, b, fmt.Errorf("decoding: %w", err))
+	}
+	if err := belongsAt(kind, id, v); err != nil {
+		return s.setAside(ctx, key, b, err)
 	}
 	return nil
 }
