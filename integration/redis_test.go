@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -541,6 +542,200 @@ func topCommands(by map[string]int64, per float64) string {
 	return strings.Join(parts, " ")
 }
 
+// flushIndexes makes every live node write the index updates it holds: a
+// node's admin API flushes its own pending updates before it lists. The
+// list asked for is of a name never used, so it reads one small folder.
+func (re *redisEnv) flushIndexes() {
+	re.t.Helper()
+	c := &http.Client{Timeout: 30 * time.Second}
+	for _, nd := range re.nodes {
+		if nd.proc == nil {
+			continue
+		}
+		select {
+		case <-nd.proc.Exited():
+			continue
+		default:
+		}
+		url := fmt.Sprintf("http://127.0.0.1:%d/certflow/orders?name=index-flush.invalid&limit=1", re.adminPorts[nd.name])
+		resp, err := c.Get(url)
+		if err != nil {
+			re.t.Fatalf("flushing node %s's index: %v", nd.name, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			re.t.Fatalf("flushing node %s's index: HTTP %d", nd.name, resp.StatusCode)
+		}
+	}
+}
+
+// storageCallsFlushed is storageCalls once every node has written its
+// pending index updates, without the admin reads that made them write:
+// the cost of a flush round with nothing pending is measured and taken off.
+func (re *redisEnv) storageCallsFlushed() map[string]float64 {
+	re.t.Helper()
+	re.flushIndexes()
+	flushed := re.storageCalls()
+	re.flushIndexes()
+	again := re.storageCalls()
+	out := map[string]float64{}
+	for k, v := range flushed {
+		out[k] = v - (again[k] - v)
+	}
+	return out
+}
+
+// waitStorageAnswers waits, at most timeout, until every live node's admin
+// API reads certflow's record of a known name from storage, and logs how
+// long each took.
+func (re *redisEnv) waitStorageAnswers(name string, timeout time.Duration) {
+	re.t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	start := time.Now()
+	for _, nd := range re.nodes {
+		if nd.proc == nil {
+			continue
+		}
+		select {
+		case <-nd.proc.Exited():
+			continue
+		default:
+		}
+		url := fmt.Sprintf("http://127.0.0.1:%d/certflow/status/%s", re.adminPorts[nd.name], name)
+		var last string
+		for tries := 0; ; tries++ {
+			resp, err := c.Get(url)
+			if err == nil {
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+				_ = resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+				last = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, b)
+			} else {
+				last = err.Error()
+			}
+			if time.Since(start) > timeout || tries > 1000 {
+				re.t.Fatalf("node %s does not read storage %s after Redis came back: %s", nd.name, timeout, last)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		re.t.Logf("node %s reads storage again %s after the wait began", nd.name, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// storageCallsMetric is certflow's count of its own storage calls.
+const storageCallsMetric = "certflow_storage_operations_total"
+
+// storageCalls scrapes every live node's /metrics (admin endpoint) and
+// returns certflow_storage_operations_total summed over them, by
+// "operation/outcome". A killed node's counts die with it: compare only
+// snapshots taken while the same nodes ran.
+func (re *redisEnv) storageCalls() map[string]float64 {
+	re.t.Helper()
+	out := map[string]float64{}
+	c := &http.Client{Timeout: 10 * time.Second}
+	for _, nd := range re.nodes {
+		if nd.proc == nil {
+			continue
+		}
+		select {
+		case <-nd.proc.Exited():
+			continue
+		default:
+		}
+		url := fmt.Sprintf("http://127.0.0.1:%d/metrics", re.adminPorts[nd.name])
+		resp, err := c.Get(url)
+		if err != nil {
+			re.t.Fatalf("scraping node %s: %v", nd.name, err)
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		_ = resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			re.t.Fatalf("scraping node %s: HTTP %d, %v", nd.name, resp.StatusCode, err)
+		}
+		found := false
+		for _, line := range strings.Split(string(body), "\n") {
+			rest, ok := strings.CutPrefix(line, storageCallsMetric+"{")
+			if !ok {
+				continue
+			}
+			labels, val, ok := strings.Cut(rest, "} ")
+			if !ok {
+				continue
+			}
+			v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+			if err != nil {
+				continue
+			}
+			var op, outcome string
+			for _, kv := range strings.Split(labels, ",") {
+				k, v, _ := strings.Cut(kv, "=")
+				switch k {
+				case "operation":
+					op = strings.Trim(v, `"`)
+				case "outcome":
+					outcome = strings.Trim(v, `"`)
+				}
+			}
+			out[op+"/"+outcome] += v
+			found = true
+		}
+		if !found {
+			re.t.Fatalf("node %s serves no %s on /metrics", nd.name, storageCallsMetric)
+		}
+	}
+	return out
+}
+
+// storageCallsReport sums the calls counted between two storageCalls
+// snapshots by operation, and formats them per issuance: every operation
+// that happened (with its not_found and error share), and list always.
+func storageCallsReport(before, after map[string]float64, per float64) (total float64, byOp map[string]float64, line string) {
+	byOp = map[string]float64{}
+	byOutcome := map[string]map[string]float64{}
+	for k, v := range after {
+		d := v - before[k]
+		if d <= 0 {
+			continue
+		}
+		op, outcome, _ := strings.Cut(k, "/")
+		byOp[op] += d
+		if byOutcome[op] == nil {
+			byOutcome[op] = map[string]float64{}
+		}
+		byOutcome[op][outcome] += d
+		total += d
+	}
+	ops := []string{"load", "store", "delete", "list", "exists", "stat", "lock", "unlock"}
+	sort.SliceStable(ops, func(i, j int) bool { return byOp[ops[i]] > byOp[ops[j]] })
+	var parts []string
+	for _, op := range ops {
+		if byOp[op] == 0 && op != "list" {
+			continue
+		}
+		p := fmt.Sprintf("%s=%.2f", op, byOp[op]/per)
+		var extra []string
+		for _, o := range []string{"not_found", "error"} {
+			if n := byOutcome[op][o]; n > 0 {
+				extra = append(extra, fmt.Sprintf("%s %.2f", o, n/per))
+			}
+		}
+		if len(extra) > 0 {
+			p += " (" + strings.Join(extra, ", ") + ")"
+		}
+		parts = append(parts, p)
+	}
+	return total, byOp, strings.Join(parts, " ")
+}
+
+// maxListsPerNodePass bounds the storage lists a node makes that do not
+// belong to any handshake: one maintenance pass (3s after start, then
+// hourly) lists requests, orders and challenges for retention and the
+// challenges again for leftovers.
+const maxListsPerNodePass = 4
+
 // checkOneOrderEach fails t for every name the CA saw more than one
 // new-order for (and, when wantOne, for names with none).
 func (re *redisEnv) checkOneOrderEach(names []string, wantOne bool) {
@@ -678,18 +873,28 @@ func TestRedisCluster(t *testing.T) {
 		return
 	}
 
-	// phase 1: 40 names over three nodes, Redis commands counted
+	// phase 1: 40 names over three nodes, Redis commands and certflow's
+	// own storage calls counted
 	phase1 := namesN("p1", 0, 40)
-	before := re.commandStats()
+	before, callsBefore := re.commandStats(), re.storageCalls()
 	start := time.Now()
 	res := re.handshakeAll(phase1, conc, 1, 60*time.Second)
 	took := time.Since(start)
 	ok, failed, _ := record("phase 1", res, true)
 	after := re.commandStats()
+	// the index markers are written in the background: count them too
+	callsAfter := re.storageCallsFlushed()
 	total, byCmd := rig.CommandsBetween(before, after)
 	t.Logf("phase 1: %d names issued, %d failed in %s over 3 nodes (concurrency %d)", ok, failed, took.Round(time.Millisecond), conc)
 	if ok > 0 {
 		t.Logf("Redis commands per issuance (3 nodes, INFO commandstats): %.1f — %s", float64(total)/float64(ok), topCommands(byCmd, float64(ok)))
+		calls, byOp, line := storageCallsReport(callsBefore, callsAfter, float64(ok))
+		t.Logf("certflow storage calls per issuance (3 nodes, %s): %.1f — %s", storageCallsMetric, calls/float64(ok), line)
+		// no list on the handshake path: the lists of the phase are the
+		// nodes' maintenance, a constant, not one or more per name
+		if lists, limit := byOp["list"], float64(maxListsPerNodePass*len(re.nodes)); lists > limit {
+			t.Errorf("certflow listed storage %v times while issuing %d names, want at most %v (maintenance only): a list on the handshake path?", lists, ok, limit)
+		}
 	}
 	re.checkOneOrderEach(phase1, true)
 	if t.Failed() {
@@ -761,7 +966,12 @@ func TestRedisCluster(t *testing.T) {
 	}
 	re.checkOneOrderEach(outage, false)
 
-	// after: new names succeed without restarting Caddy
+	// after: new names succeed without restarting Caddy, once every node
+	// reads storage again (go-redis stops dialing after a pool's worth of
+	// failed dials and probes the server once a second: a node can answer
+	// "connection refused" for up to a second after Redis is back, and a
+	// CA validation it serves meanwhile fails)
+	re.waitStorageAnswers(phase1[0], 15*time.Second)
 	phase3 := namesN("p3", 0, 20)
 	start = time.Now()
 	res3 := re.handshakeAll(phase3, conc, 1, 60*time.Second)
@@ -962,6 +1172,7 @@ func TestRedisBench(t *testing.T) {
 		if re.redis != nil {
 			before = re.commandStats()
 		}
+		callsBefore := re.storageCalls()
 		list := namesN("bench", 0, names)
 		start := time.Now()
 		res := re.handshakeAll(list, conc, 1, 120*time.Second)
@@ -982,6 +1193,13 @@ func TestRedisBench(t *testing.T) {
 		if re.redis != nil && issued > 0 {
 			total, by := rig.CommandsBetween(before, re.commandStats())
 			line += fmt.Sprintf(", Redis commands per issuance %.1f (%s)", float64(total)/float64(issued), topCommands(by, float64(issued)))
+		}
+		if issued > 0 {
+			calls, byOp, ops := storageCallsReport(callsBefore, re.storageCallsFlushed(), float64(issued))
+			line += fmt.Sprintf(", certflow storage calls per issuance %.1f (%s)", calls/float64(issued), ops)
+			if lists, limit := byOp["list"], float64(maxListsPerNodePass*len(re.nodes)); lists > limit {
+				t.Errorf("certflow listed storage %v times while issuing %d names, want at most %v (maintenance only)", lists, issued, limit)
+			}
 		}
 		t.Log(line)
 		for _, e := range firstErrs {
