@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -272,4 +273,117 @@ func tailLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// The caddy-storage-redis module (v1.8.1) keeps, besides each value (a JSON
+// envelope under the prefixed key), a directory tree for List: every
+// "directory" is a sorted set holding its files by name and its
+// subdirectories by name and "/". Store adds the entries up the tree before
+// SETting the value; Delete removes the entry (and empty parents' entries)
+// before DELeting the value; neither is atomic, and Delete of a directory
+// deletes only its set, not what is under it. Locks (<prefix>/locks/...)
+// are plain redislock keys outside the tree.
+
+// storageEnvelope is the module's StorageData.
+type storageEnvelope struct {
+	Value       []byte    `json:"value"`
+	Modified    time.Time `json:"modified"`
+	Size        int64     `json:"size"`
+	Compression int       `json:"compression"`
+	Encryption  int       `json:"encryption"`
+}
+
+// StoreValue writes value under the full key (prefix included) the way the
+// module does: the directory entries up the tree, then the envelope.
+func (r *Redis) StoreValue(ctx context.Context, key string, value []byte) error {
+	env, err := json.Marshal(storageEnvelope{Value: value, Modified: time.Now(), Size: int64(len(value))})
+	if err != nil {
+		return fmt.Errorf("encoding the envelope of %s: %w", key, err)
+	}
+	return r.StoreRaw(ctx, key, env)
+}
+
+// StoreRaw writes raw bytes (not necessarily an envelope) under the full
+// key, with its directory entries: a value the module may not decode.
+func (r *Redis) StoreRaw(ctx context.Context, key string, raw []byte) error {
+	if err := r.AddDirectoryEntries(ctx, key); err != nil {
+		return err
+	}
+	if err := r.client.Set(ctx, key, raw, 0).Err(); err != nil {
+		return fmt.Errorf("SET %s: %w", key, err)
+	}
+	return nil
+}
+
+// AddDirectoryEntries adds key's entries up the module's directory tree
+// without a value: what the module leaves when it dies between the two
+// halves of a Store.
+func (r *Redis) AddDirectoryEntries(ctx context.Context, key string) error {
+	score := float64(time.Now().Unix())
+	member := path.Base(key)
+	for dir := path.Dir(key); dir != "." && dir != "/"; dir = path.Dir(dir) {
+		if err := r.client.ZAdd(ctx, dir, redis.Z{Score: score, Member: member}).Err(); err != nil {
+			return fmt.Errorf("ZADD %s %s: %w", dir, member, err)
+		}
+		member = path.Base(dir) + "/"
+	}
+	return nil
+}
+
+// TreeProblems returns what is inconsistent in the module's directory tree
+// under prefix (locks left out): a value no directory lists, a directory
+// its parent does not list, and a directory entry with nothing behind it
+// (an orphan a List returns though Load finds nothing).
+func (r *Redis) TreeProblems(ctx context.Context, prefix string) ([]string, error) {
+	keys, err := r.Keys(ctx, prefix+"*")
+	if err != nil {
+		return nil, fmt.Errorf("scanning %s*: %w", prefix, err)
+	}
+	locks := prefix + "/locks/"
+	var problems []string
+	for _, k := range keys {
+		if strings.HasPrefix(k, locks) || (k != prefix && !strings.HasPrefix(k, prefix+"/")) {
+			continue
+		}
+		typ, err := r.client.Type(ctx, k).Result()
+		if err != nil {
+			return nil, fmt.Errorf("TYPE %s: %w", k, err)
+		}
+		if typ == "none" {
+			continue // deleted since the scan
+		}
+		parentMember := path.Base(k)
+		if typ == "zset" {
+			parentMember += "/"
+		}
+		if k != prefix {
+			if _, err := r.client.ZScore(ctx, path.Dir(k), parentMember).Result(); errors.Is(err, redis.Nil) {
+				problems = append(problems, fmt.Sprintf("%s %s is not listed in %s", typ, k, path.Dir(k)))
+			} else if err != nil {
+				return nil, fmt.Errorf("ZSCORE %s %s: %w", path.Dir(k), parentMember, err)
+			}
+		}
+		if typ != "zset" {
+			continue
+		}
+		members, err := r.client.ZRange(ctx, k, 0, -1).Result()
+		if err != nil {
+			return nil, fmt.Errorf("ZRANGE %s: %w", k, err)
+		}
+		for _, m := range members {
+			child := k + "/" + strings.TrimSuffix(m, "/")
+			want := "string"
+			if strings.HasSuffix(m, "/") {
+				want = "zset"
+			}
+			got, err := r.client.Type(ctx, child).Result()
+			if err != nil {
+				return nil, fmt.Errorf("TYPE %s: %w", child, err)
+			}
+			if got != want {
+				problems = append(problems, fmt.Sprintf("directory %s lists %q, but %s is %s, not a %s", k, m, child, got, want))
+			}
+		}
+	}
+	return problems, nil
 }
