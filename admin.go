@@ -47,6 +47,13 @@ func init() {
 // rel="next". Resources of every issuer key in every storage certflow
 // issuers of this process use (and Caddy's global storage) are merged.
 //
+// In a cluster every node shows the same picture, read from the shared
+// storage: status/<name> reads the name's resources themselves and is
+// current on every node; the lists go through the index, whose markers the
+// node that did the work writes in the background (issuer/indexwriter.go).
+// A node lists its own work at once (it flushes its pending markers before
+// a list) and another node's within that node's index delay, a few seconds.
+//
 // Nothing returned holds key material: stored resources have no keys, key
 // authorizations or EAB secrets, and every item is checked again before it
 // is sent.

@@ -242,17 +242,19 @@ type redisEnv struct {
 	nodes      []*node
 	fileStore  string    // non-empty: nodes use file_system storage here instead of Redis
 	killedAt   time.Time // when a node was SIGKILLed, if one was
+	issuerOpts map[string]any
 }
 
 type redisEnvOptions struct {
 	nodes     int
-	fileStore bool // one file_system storage instead of Redis (for the benchmark's baseline)
+	fileStore bool           // one file_system storage instead of Redis (for the benchmark's baseline)
+	issuer    map[string]any // issuer options set over nodeIssuer's
 }
 
 func newRedisEnv(t *testing.T, o redisEnvOptions) *redisEnv {
 	t.Helper()
 	requireRedis(t)
-	re := &redisEnv{t: t, binary: redisNodeBinary(t), prefix: fmt.Sprintf("certflow-test-%d", time.Now().UnixNano())}
+	re := &redisEnv{t: t, binary: redisNodeBinary(t), prefix: fmt.Sprintf("certflow-test-%d", time.Now().UnixNano()), issuerOpts: o.issuer}
 	if o.fileStore {
 		re.fileStore = t.TempDir()
 	} else {
@@ -338,7 +340,11 @@ func (re *redisEnv) freePort() int {
 }
 
 func (re *redisEnv) issuer() map[string]any {
-	return nodeIssuer(re.ca, re.dns, re.httpLB.port, re.httpsLB.port)
+	iss := nodeIssuer(re.ca, re.dns, re.httpLB.port, re.httpsLB.port)
+	for k, v := range re.issuerOpts {
+		iss[k] = v
+	}
+	return iss
 }
 
 // start starts (or restarts) node i and waits until it serves.
