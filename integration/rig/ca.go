@@ -163,6 +163,9 @@ func StartCA(opts CAOptions) (*CA, error) {
 			ErrorLog:          log.New(logOut, "pebble-https ", log.LstdFlags),
 		},
 	}
+	// HTTP/2 as the pebble command serves it (http.Server.ListenAndServeTLS
+	// offers h2): clients multiplex their requests on one connection
+	c.srv.EnableHTTP2 = true
 	c.srv.StartTLS()
 	c.DirectoryURL = c.srv.URL + wfe.DirectoryPath
 

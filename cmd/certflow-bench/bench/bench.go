@@ -58,14 +58,14 @@ func (b *bench) runAll(ctx context.Context) (*Report, error) {
 	report := &Report{Options: b.opts, Started: time.Now()}
 	total := 0
 	for _, sc := range b.opts.Scenarios {
-		total += len(b.opts.Issuers) * b.roundsOf(sc)
+		total += len(sc.issuers(b.opts.Issuers)) * b.roundsOf(sc)
 	}
 	seq := 0
 	for _, sc := range b.opts.Scenarios {
 		sr := &ScenarioResult{Scenario: sc}
 		report.Scenarios = append(report.Scenarios, sr)
 		for round := range b.roundsOf(sc) {
-			for _, issuer := range issuerOrder(b.opts.Issuers, round) {
+			for _, issuer := range issuerOrder(sc.issuers(b.opts.Issuers), round) {
 				seq++
 				fmt.Fprintf(b.opts.Progress, "[%d/%d] scenario %s, round %d, %s: running\n", seq, total, sc, round+1, issuer)
 				res, err := b.runOnce(ctx, issuer, sc, round+1, seq)
