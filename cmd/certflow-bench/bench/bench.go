@@ -16,6 +16,20 @@ type bench struct {
 	opts   Options
 	dns    *rig.DNS
 	askURL string
+	// finishedDirs are the directories of finished runs, removed at the end
+	finishedDirs []string
+}
+
+// removeFinishedDirs removes the directories of the finished runs.
+func (b *bench) removeFinishedDirs() error {
+	var errs []error
+	for _, dir := range b.finishedDirs {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("removing the run's directory: %w", err))
+		}
+	}
+	b.finishedDirs = nil
+	return errors.Join(errs...)
 }
 
 // Run runs every scenario of opts with each issuer of opts.Issuers (both by
@@ -46,6 +60,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		return nil, errors.Join(fmt.Errorf("starting the ask endpoint: %w", err), b.dns.Close())
 	}
 	report, err := b.runAll(ctx)
+	err = errors.Join(err, b.removeFinishedDirs())
 	stopAsk()
 	if closeErr := b.dns.Close(); closeErr != nil {
 		err = errors.Join(err, fmt.Errorf("stopping the DNS server: %w", closeErr))

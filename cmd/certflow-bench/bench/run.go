@@ -50,9 +50,11 @@ func (b *bench) runOnce(ctx context.Context, issuer string, sc Scenario, round, 
 		if b.opts.Keep || r.keepDir {
 			return
 		}
-		if rmErr := os.RemoveAll(r.dir); rmErr != nil {
-			err = errors.Join(err, fmt.Errorf("removing the run's directory: %w", rmErr))
-		}
+		// removed when the benchmark ends, not now: on a file system
+		// without a journal ext4 skips recently deleted inodes (for
+		// minutes) on every file it creates, so deleting thousands of
+		// files here would slow the next run's storage writes
+		b.finishedDirs = append(b.finishedDirs, r.dir)
 	}()
 	if err := r.choosePorts(); err != nil {
 		return nil, err
