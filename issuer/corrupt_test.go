@@ -200,13 +200,14 @@ func TestLoadUnreadableNameRecordStartsClean(t *testing.T) {
 }
 
 // TestListSkipsUnreadable: one value the storage cannot return does not
-// fail every list; a store that does not answer still does.
+// fail every list, and a value that is not its marker's resource is not
+// listed; a store that does not answer still fails the list.
 func TestListSkipsUnreadable(t *testing.T) {
 	ctx := context.Background()
 	s, es := corruptTestStore(t)
 	now := time.Now()
 	var ids []string
-	for i := range 2 {
+	for i := range 3 {
 		o := &Order{Version: SchemaVersion, ID: newID(now.Add(time.Duration(i) * time.Millisecond)), Name: "x.test", State: OrderValid}
 		if err := s.saveResource(ctx, KindOrder, o.ID, o.Name, "", o.State, o); err != nil {
 			t.Fatal(err)
@@ -215,13 +216,17 @@ func TestListSkipsUnreadable(t *testing.T) {
 	}
 	FlushIndex(time.Minute)
 	es.bad[s.key(KindOrder, ids[0])] = true
+	// a value that decodes, but is another resource
+	if err := es.Store(ctx, s.key(KindOrder, ids[2]), []byte(`{"version":1,"id":"another","name":"x.test","state":"valid"}`)); err != nil {
+		t.Fatal(err)
+	}
 	r := Reader{s: s}
 	page, err := r.List(ctx, Query{Kind: KindOrder})
 	if err != nil {
 		t.Fatalf("list with one unreadable value: %v", err)
 	}
 	if len(page.Items) != 1 || !strings.Contains(string(page.Items[0]), ids[1]) {
-		t.Errorf("listed %d items, want the readable order %s only", len(page.Items), ids[1])
+		t.Errorf("listed %d items, want the one readable order %s only", len(page.Items), ids[1])
 	}
 	es.bad[s.sentinelKey()] = true
 	if _, err := r.List(ctx, Query{Kind: KindOrder}); !errors.Is(err, ErrStorage) {

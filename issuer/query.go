@@ -92,8 +92,8 @@ func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 			return false, storageErr("loading", r.s.key(q.Kind, id), err)
 		}
 		var head resourceHead
-		if json.Unmarshal(b, &head) != nil {
-			return false, nil
+		if json.Unmarshal(b, &head) != nil || belongsAt(q.Kind, id, &head) != nil {
+			return false, nil // not this marker's resource (corrupt.go)
 		}
 		if (q.State != "" && head.State != q.State) || (q.Name != "" && head.Name != q.Name) {
 			return false, nil
