@@ -17,8 +17,10 @@ import (
 // CountStorageCalls, and everything certflow stores, loads, lists or locks
 // goes through it: the workflow's resources, the background index writer,
 // the maintenance, the account, the solvers' challenge tokens and the
-// admin API's reads. certmagic's own calls (certificates, its locks) are
-// not counted: they do not go through the wrapper.
+// admin API's reads of the policies' storages (Caddy's global storage, when
+// no policy uses it, is read bare). certmagic's own calls (certificates,
+// its locks, the challenge answers it serves) are not counted: they do not
+// go through the wrapper.
 
 // StorageOp is a certmagic.Storage method.
 type StorageOp uint8

@@ -175,3 +175,23 @@ func TestStorageOpNames(t *testing.T) {
 		t.Errorf("outcomes %v", outs)
 	}
 }
+
+// BenchmarkCountStorageCalls measures what the wrapper adds to a call: one
+// interface call and an atomic add.
+func BenchmarkCountStorageCalls(b *testing.B) {
+	ms := newMemStorage()
+	ctx := context.Background()
+	_ = ms.Store(ctx, "k", []byte("v"))
+	for _, bc := range []struct {
+		name string
+		s    certmagic.Storage
+	}{{"bare", ms}, {"counted", CountStorageCalls(ms, &countingObserver{})}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					_, _ = bc.s.Load(ctx, "k")
+				}
+			})
+		})
+	}
+}
