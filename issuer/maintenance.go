@@ -118,6 +118,10 @@ func trimHistory(ctx context.Context, s store, opts *Options, now time.Time) {
 				break // ids are oldest first: the rest are within bounds
 			}
 			head, err := loadHead(ctx, s, kind, id)
+			if isNotExist(err) {
+				dropDanglingEntry(ctx, s, opts, kind, id, now)
+				continue
+			}
 			if err != nil || !isFinalState(kind, head.State) {
 				continue
 			}
@@ -132,6 +136,32 @@ func trimHistory(ctx context.Context, s store, opts *Options, now time.Time) {
 			opts.Logger.Info("trimmed history", zap.String("kind", kind), zap.Int("deleted", deleted), zap.Int("kept", len(ids)-deleted))
 		}
 	}
+}
+
+// danglingMargin is how old a listed resource with no value must be before
+// its listing entry is taken for a leftover: a writer may be between the
+// two steps of its write.
+const danglingMargin = 10 * time.Minute
+
+// dropDanglingEntry removes the key of a resource that a List returned but
+// a Load does not find: a backend that writes a listing entry and the value
+// in separate steps (the Redis module) leaves the entry behind when it dies
+// between them, and every pass would list it again. Only when the store
+// answers (absence is not proof: an outage reads as "not found") and the
+// entry is old enough that no write can still be completing it.
+func dropDanglingEntry(ctx context.Context, s store, opts *Options, kind, id string, now time.Time) {
+	key := s.key(kind, id)
+	if created, ok := idTime(id); !ok || now.Sub(created) < danglingMargin {
+		return
+	}
+	if err := s.confirmAbsent(ctx, key); err != nil {
+		return
+	}
+	if err := s.storage.Delete(ctx, key); err != nil && !isNotExist(err) {
+		opts.Logger.Warn("removing a listing entry with no value", zap.String("key", key), zap.Error(err))
+		return
+	}
+	opts.Logger.Info("removed a listing entry with no value", zap.String("kind", kind), zap.String("id", id))
 }
 
 // resourceHead is what every resource kind has in common.

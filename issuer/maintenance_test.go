@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path"
+	"sync"
 	"testing"
 	"time"
 
@@ -136,6 +139,77 @@ func TestStoreSetsAsideCorruptResources(t *testing.T) {
 			aside, _ := s.storage.List(ctx, s.prefix()+"/corrupt", false)
 			if len(aside) == 0 {
 				t.Fatal("corrupt resource was not set aside")
+			}
+		})
+	}
+}
+
+// listsEntries is a FileStorage whose List also returns listing entries
+// that have no value, as a backend that writes an entry and its value in
+// two steps (the Redis module) leaves when it dies between them.
+type listsEntries struct {
+	*certmagic.FileStorage
+	mu      sync.Mutex
+	entries map[string]bool
+}
+
+func (l *listsEntries) List(ctx context.Context, dir string, recursive bool) ([]string, error) {
+	keys, err := l.FileStorage.List(ctx, dir, recursive)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k := range l.entries {
+		if path.Dir(k) == dir {
+			keys = append(keys, k)
+		}
+	}
+	return keys, nil
+}
+
+func (l *listsEntries) Delete(ctx context.Context, key string) error {
+	l.mu.Lock()
+	delete(l.entries, key)
+	l.mu.Unlock()
+	return l.FileStorage.Delete(ctx, key)
+}
+
+func TestTrimHistoryDropsDanglingEntries(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		created  time.Time
+		sentinel bool // the store answers
+		dropped  bool
+	}{
+		{"old entry, store answering: removed", now.Add(-48 * time.Hour), true, true},
+		{"recent entry: a write may be completing it", now.Add(-time.Minute), true, false},
+		{"store not answering: absence is not proof", now.Add(-48 * time.Hour), false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			storage := &listsEntries{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}, entries: map[string]bool{}}
+			s := store{storage: storage, issuerKey: "certflow-test"}
+			if tt.sentinel {
+				if err := s.ensureSentinel(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			id := newID(tt.created)
+			key := s.key(KindOrder, id)
+			storage.entries[key] = true
+			// retention age 30 s: every entry here is beyond it, so each
+			// is examined
+			opts := &Options{RetentionCount: 1, RetentionAge: 30 * time.Second}
+			opts.SetDefaults()
+			trimHistory(ctx, s, opts, now)
+			storage.mu.Lock()
+			dropped := !storage.entries[key]
+			storage.mu.Unlock()
+			if dropped != tt.dropped {
+				t.Fatalf("entry dropped: %v, want %v", dropped, tt.dropped)
 			}
 		})
 	}
