@@ -467,18 +467,26 @@ func namesN(prefix string, from, to int) []string {
 	return out
 }
 
-// dumpGoroutines writes each live node's goroutine dump (admin pprof) to
-// its directory and logs the paths, for diagnosing a stuck node.
-func (re *redisEnv) dumpGoroutines() {
+// liveNodes returns the nodes whose process is running.
+func (re *redisEnv) liveNodes() []*node {
+	var live []*node
 	for _, nd := range re.nodes {
 		if nd.proc == nil {
 			continue
 		}
 		select {
 		case <-nd.proc.Exited():
-			continue
 		default:
+			live = append(live, nd)
 		}
+	}
+	return live
+}
+
+// dumpGoroutines writes each live node's goroutine dump (admin pprof) to
+// its directory and logs the paths, for diagnosing a stuck node.
+func (re *redisEnv) dumpGoroutines() {
+	for _, nd := range re.liveNodes() {
 		url := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=2", re.adminPorts[nd.name])
 		c := &http.Client{Timeout: 5 * time.Second}
 		resp, err := c.Get(url)
@@ -554,15 +562,7 @@ func topCommands(by map[string]int64, per float64) string {
 func (re *redisEnv) flushIndexes() {
 	re.t.Helper()
 	c := &http.Client{Timeout: 30 * time.Second}
-	for _, nd := range re.nodes {
-		if nd.proc == nil {
-			continue
-		}
-		select {
-		case <-nd.proc.Exited():
-			continue
-		default:
-		}
+	for _, nd := range re.liveNodes() {
 		url := fmt.Sprintf("http://127.0.0.1:%d/certflow/orders?name=index-flush.invalid&limit=1", re.adminPorts[nd.name])
 		resp, err := c.Get(url)
 		if err != nil {
@@ -599,15 +599,7 @@ func (re *redisEnv) waitStorageAnswers(name string, timeout time.Duration) {
 	re.t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second}
 	start := time.Now()
-	for _, nd := range re.nodes {
-		if nd.proc == nil {
-			continue
-		}
-		select {
-		case <-nd.proc.Exited():
-			continue
-		default:
-		}
+	for _, nd := range re.liveNodes() {
 		url := fmt.Sprintf("http://127.0.0.1:%d/certflow/status/%s", re.adminPorts[nd.name], name)
 		var last string
 		for tries := 0; ; tries++ {
@@ -642,15 +634,7 @@ func (re *redisEnv) storageCalls() map[string]float64 {
 	re.t.Helper()
 	out := map[string]float64{}
 	c := &http.Client{Timeout: 10 * time.Second}
-	for _, nd := range re.nodes {
-		if nd.proc == nil {
-			continue
-		}
-		select {
-		case <-nd.proc.Exited():
-			continue
-		default:
-		}
+	for _, nd := range re.liveNodes() {
 		url := fmt.Sprintf("http://127.0.0.1:%d/metrics", re.adminPorts[nd.name])
 		resp, err := c.Get(url)
 		if err != nil {
