@@ -115,6 +115,8 @@ func (e *Engine) Issue(ctx context.Context, req Request) (*certmagic.IssuedCerti
 		logger:  opts.Logger.With(zapName(ids[0].Value)),
 		started: time.Now(),
 	}
+	markers.workflowStarted()
+	defer markers.workflowEnded()
 	return w.run(ctx)
 }
 

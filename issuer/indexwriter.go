@@ -27,7 +27,10 @@ import (
 // lists until it is next saved (a resumed resource re-puts its markers); a
 // stale one is harmless (queries check the resource itself). Another node
 // lists what this one did at most indexDelay late; this node's own status
-// views flush first (FlushIndex).
+// views flush first (FlushIndex). When the last workflow in flight ends,
+// there is nothing left to merge with: what is held is handed to the
+// writers at once, so a burst's markers are written as it ends rather than
+// seconds later, when handshakes for the issued names arrive.
 
 const (
 	indexWriters = 4
@@ -58,6 +61,8 @@ type indexWriter struct {
 	mu      sync.Mutex
 	held    map[string]*indexUpdate // by kind/id, not yet handed to a writer
 	flushes int                     // FlushIndex calls waiting: hand everything over now
+	drain   bool                    // hand everything over at the next dispatch
+	running int                     // workflows in flight in this process
 	wake    chan struct{}
 	queues  [indexWriters]chan *indexUpdate
 	pending int           // held or queued updates
@@ -119,6 +124,31 @@ func (iw *indexWriter) start() {
 	go iw.dispatch()
 }
 
+func (iw *indexWriter) workflowStarted() {
+	iw.mu.Lock()
+	iw.running++
+	iw.mu.Unlock()
+}
+
+// workflowEnded hands what is held over to the writers when no workflow is
+// left in flight.
+func (iw *indexWriter) workflowEnded() {
+	iw.once.Do(iw.start)
+	iw.mu.Lock()
+	iw.running--
+	idle := iw.running == 0 && len(iw.held) > 0
+	if idle {
+		iw.drain = true
+	}
+	iw.mu.Unlock()
+	if idle {
+		select {
+		case iw.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // dispatch hands due updates to their writers, oldest first, every tick or
 // at once when a flush asks.
 func (iw *indexWriter) dispatch() {
@@ -136,13 +166,16 @@ func (iw *indexWriter) dispatch() {
 }
 
 // takeDue removes and returns the updates to write now, oldest first: the
-// due ones, or all of them while a flush waits.
+// due ones, or all of them while a flush waits or after the last workflow
+// ended.
 func (iw *indexWriter) takeDue(now time.Time) []*indexUpdate {
 	iw.mu.Lock()
 	defer iw.mu.Unlock()
 	var due []*indexUpdate
+	all := iw.flushes > 0 || iw.drain
+	iw.drain = false
 	for key, u := range iw.held {
-		if iw.flushes > 0 || !u.due.After(now) {
+		if all || !u.due.After(now) {
 			due = append(due, u)
 			delete(iw.held, key)
 		}

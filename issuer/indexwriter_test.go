@@ -130,3 +130,36 @@ func TestFlushIndexWithNothingHeldReturnsAtOnce(t *testing.T) {
 		t.Fatalf("FlushIndex with nothing held took %s", took)
 	}
 }
+
+func TestIndexWriterWritesWhenTheLastWorkflowEnds(t *testing.T) {
+	ctx := context.Background()
+	FlushIndex(time.Minute) // whatever an earlier test left
+	rec := &recordingStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
+	s := store{storage: rec, issuerKey: "certflow-test"}
+	const id = "20261127-120000.000000002-abcd"
+	written := func() bool {
+		stored, _ := rec.markerWrites(s)
+		return slices.Contains(stored, "requests/state/ready/20261127-12/00/00/"+id)
+	}
+
+	markers.workflowStarted()
+	markers.workflowStarted() // a second workflow still in flight
+	for _, step := range [][2]string{{"", RequestPending}, {RequestPending, RequestReady}} {
+		if err := s.saveResource(ctx, KindRequest, id, "a.test", step[0], step[1], &CertificateRequest{ID: id, Name: "a.test", State: step[1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	markers.workflowEnded()
+	time.Sleep(3 * indexTick)
+	if written() {
+		t.Fatal("markers written while a workflow is still in flight, before their delay")
+	}
+	markers.workflowEnded() // the last one
+	deadline := time.Now().Add(indexDelay / 2)
+	for !written() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the markers were not written within %s of the last workflow's end", indexDelay/2)
+		}
+		time.Sleep(indexTick / 4)
+	}
+}
