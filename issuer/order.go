@@ -263,6 +263,12 @@ func (r *orderRun) complete(ctx context.Context) (*certmagic.IssuedCertificate, 
 // authorization that is already valid needs no Challenge.
 func (r *orderRun) authorize(ctx context.Context) error {
 	urls := r.acme.Authorizations
+	if len(urls) == 1 {
+		// one name, the usual case: solved on the caller's goroutine, so
+		// an order waiting in the scheduler's queue or in its self-check
+		// holds no goroutine (and stack) beyond its caller's
+		return r.authorizeOne(ctx, 0, urls[0])
+	}
 	errs := make([]error, len(urls))
 	var wg sync.WaitGroup
 	for i, u := range urls {
