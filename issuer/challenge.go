@@ -66,6 +66,7 @@ func (r *orderRun) solve(ctx context.Context, ch *Challenge, authz acme.Authoriz
 		if err := c.transition(ctx, ChallengeQueued, ""); err != nil {
 			return err
 		}
+		authz = waitingAuthz(authz, ch.Type)
 		var err error
 		if release, err = w.engine.scheduler.Acquire(ctx, ticket); err != nil {
 			_ = c.finish(ctx, ChallengeErrored, err.Error())
@@ -380,6 +381,18 @@ func (c *challengeRun) save(ctx context.Context) error {
 	}
 	c.ch.indexed = c.ch.State
 	return nil
+}
+
+// waitingAuthz keeps of an authorization what live needs of it (its
+// status and the challenge of typ), so a challenge waiting in the
+// scheduler's queue does not hold the CA's whole answer: the challenges
+// of the other types are about 1.5 KiB per waiting challenge.
+func waitingAuthz(authz acme.Authorization, typ string) acme.Authorization {
+	kept := acme.Authorization{Identifier: authz.Identifier, Status: authz.Status, Wildcard: authz.Wildcard, Location: authz.Location}
+	if chal, ok := findChallenge(authz, typ); ok {
+		kept.Challenges = []acme.Challenge{chal}
+	}
+	return kept
 }
 
 func findChallenge(authz acme.Authorization, typ string) (acme.Challenge, bool) {
