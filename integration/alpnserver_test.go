@@ -16,7 +16,7 @@ import (
 
 // serveTLSALPNFromStorage answers TLS-ALPN-01 on 127.0.0.1:port from the
 // tokens in storage, the way Caddy does, for tests without Caddy.
-func serveTLSALPNFromStorage(t *testing.T, storage certmagic.Storage, issuerKey string, port int) {
+func serveTLSALPNFromStorage(t testing.TB, storage certmagic.Storage, issuerKey string, port int) {
 	t.Helper()
 	cfg := &tls.Config{
 		NextProtos: []string{acmez.ACMETLS1Protocol},
