@@ -117,7 +117,7 @@ func measureQueue(tb testing.TB, n int) queueFigures {
 	heap0, stack0 := liveHeap()
 	withCallers := runtime.NumGoroutine()
 	close(gate)
-	waitQueuedTB(tb, s, n)
+	waitQueued(tb, s, n)
 	heap1, stack1 := liveHeap()
 	queuedGoroutines := runtime.NumGoroutine()
 
@@ -180,20 +180,6 @@ func measureQueue(tb testing.TB, n int) queueFigures {
 		tb.Errorf("goroutines after emptying the queue: %d, want at most %d as before", left, g0)
 	}
 	return f
-}
-
-// waitQueuedTB is waitQueued for tests and benchmarks alike.
-func waitQueuedTB(tb testing.TB, s *Scheduler, n int) {
-	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, q := s.Stats(); q == n {
-			return
-		}
-		time.Sleep(time.Millisecond)
-	}
-	_, q := s.Stats()
-	tb.Fatalf("queued = %d, want %d", q, n)
 }
 
 // maxHeapPerQueued bounds the heap the scheduler holds per queued ticket.

@@ -29,7 +29,7 @@ func (g *grantLog) get() []string {
 }
 
 // waitQueued waits until the scheduler has n tickets queued.
-func waitQueued(t *testing.T, s *Scheduler, n int) {
+func waitQueued(t testing.TB, s *Scheduler, n int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
