@@ -36,7 +36,9 @@ const (
 	indexWriters = 4
 	// indexDelay is how long an update waits for more of its resource's.
 	indexDelay = 2 * time.Second
-	// indexTick is how often due updates are handed to the writers.
+	// indexTick is how much later than the earliest due update the
+	// dispatcher hands updates over, so those due close together go in one
+	// pass.
 	indexTick = 100 * time.Millisecond
 	// maxPendingIndex bounds the updates held back; past it an update is
 	// written by the caller, so the backlog never grows without bound.
@@ -97,7 +99,13 @@ func (iw *indexWriter) submit(s store, kind, id, name, from, to string) {
 		iw.idle = make(chan struct{})
 	}
 	iw.pending++
+	// the dispatcher sleeps while nothing is held, and a flush waiting
+	// must not wait for this one's delay
+	wake := len(iw.held) == 1 || iw.flushes > 0
 	iw.mu.Unlock()
+	if wake {
+		iw.wakeDispatcher()
+	}
 }
 
 func (iw *indexWriter) done() {
@@ -142,46 +150,62 @@ func (iw *indexWriter) workflowEnded() {
 	}
 	iw.mu.Unlock()
 	if idle {
-		select {
-		case iw.wake <- struct{}{}:
-		default:
-		}
+		iw.wakeDispatcher()
 	}
 }
 
-// dispatch hands due updates to their writers, oldest first, every tick or
-// at once when a flush asks.
+// dispatch hands due updates to their writers, oldest first, when the
+// earliest held one is due (and a tick later, so updates due close together
+// go in one pass), or at once when woken by a flush or the end of the last
+// workflow. With nothing held it sleeps: an idle Caddy is not woken ten
+// times a second for nothing.
 func (iw *indexWriter) dispatch() {
-	ticker := time.NewTicker(indexTick)
-	defer ticker.Stop()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		select {
-		case <-ticker.C:
+		case <-timer.C:
 		case <-iw.wake:
 		}
-		for _, u := range iw.takeDue(time.Now()) {
+		due, next := iw.takeDue(time.Now())
+		for _, u := range due {
 			iw.queues[u.queue] <- u // blocks when a writer is behind: held updates keep merging meanwhile
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next) + indexTick)
 		}
 	}
 }
 
 // takeDue removes and returns the updates to write now, oldest first: the
 // due ones, or all of them while a flush waits or after the last workflow
-// ended.
-func (iw *indexWriter) takeDue(now time.Time) []*indexUpdate {
+// ended. next is when the earliest update still held is due (zero when
+// none is).
+func (iw *indexWriter) takeDue(now time.Time) (due []*indexUpdate, next time.Time) {
 	iw.mu.Lock()
 	defer iw.mu.Unlock()
-	var due []*indexUpdate
 	all := iw.flushes > 0 || iw.drain
 	iw.drain = false
 	for key, u := range iw.held {
-		if all || !u.due.After(now) {
+		switch {
+		case all || !u.due.After(now):
 			due = append(due, u)
 			delete(iw.held, key)
+		case next.IsZero() || u.due.Before(next):
+			next = u.due
 		}
 	}
 	slices.SortFunc(due, func(a, b *indexUpdate) int { return a.due.Compare(b.due) })
-	return due
+	return due, next
+}
+
+// wakeDispatcher makes the dispatcher look at what is held now.
+func (iw *indexWriter) wakeDispatcher() {
+	select {
+	case iw.wake <- struct{}{}:
+	default: // a wake is already pending
+	}
 }
 
 func writeIndex(u *indexUpdate) {
@@ -213,10 +237,7 @@ func FlushIndex(timeout time.Duration) {
 		markers.flushes--
 		markers.mu.Unlock()
 	}()
-	select {
-	case markers.wake <- struct{}{}:
-	default:
-	}
+	markers.wakeDispatcher()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {

@@ -163,3 +163,31 @@ func TestIndexWriterWritesWhenTheLastWorkflowEnds(t *testing.T) {
 		time.Sleep(indexTick / 4)
 	}
 }
+
+func TestIndexWriterWritesWhenDue(t *testing.T) {
+	ctx := context.Background()
+	FlushIndex(time.Minute) // whatever an earlier test left
+	rec := &recordingStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
+	s := store{storage: rec, issuerKey: "certflow-test"}
+	const id = "20261127-120000.000000003-abcd"
+	markers.workflowStarted() // a workflow in flight: nothing drains early
+	defer markers.workflowEnded()
+	start := time.Now()
+	if err := s.saveResource(ctx, KindOrder, id, "a.test", "", OrderPending, &Order{ID: id, Name: "a.test", State: OrderPending}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := start.Add(indexDelay + 2*time.Second)
+	for {
+		stored, _ := rec.markerWrites(s)
+		if slices.Contains(stored, "orders/inflight/20261127-12/00/00/"+id) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the marker was not written within %s of its update", indexDelay+2*time.Second)
+		}
+		time.Sleep(indexTick / 2)
+	}
+	if took := time.Since(start); took < indexDelay {
+		t.Fatalf("the marker was written after %s, before its delay of %s", took, indexDelay)
+	}
+}
