@@ -43,30 +43,7 @@ type bindEnv struct {
 func newBindEnv(t *testing.T) *bindEnv {
 	t.Helper()
 	b := requireBIND(t)
-	e := &env{t: t, denied: map[string]bool{}, storage: t.TempDir()}
-	var err error
-	if e.httpPort, err = rig.FreePort(); err != nil {
-		t.Fatal(err)
-	}
-	if e.httpsPort, err = rig.FreePort(); err != nil {
-		t.Fatal(err)
-	}
-	e.ca, err = rig.StartCA(rig.CAOptions{HTTPPort: e.httpPort, TLSPort: e.httpsPort, DNSAddr: b.Addr, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = e.ca.Close() })
-	var stop func()
-	e.askURL, stop, err = rig.StartAsk(func(name string) bool {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		return !e.denied[name]
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
-	return &bindEnv{env: e, bind: b}
+	return &bindEnv{env: newEnv(t, envOptions{dnsAddr: b.Addr}), bind: b}
 }
 
 // dnsIssuer returns a certflow issuer with only DNS-01 enabled, through

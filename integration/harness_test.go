@@ -33,6 +33,9 @@ type env struct {
 
 type envOptions struct {
 	authzReuse int
+	// dnsAddr, when set, is the DNS server Pebble resolves through (e.g.
+	// BIND); otherwise the env starts its own, answering 127.0.0.1.
+	dnsAddr string
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -45,26 +48,56 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if e.httpsPort, err = rig.FreePort(); err != nil {
 		t.Fatal(err)
 	}
-	if e.dns, err = rig.StartDNS(); err != nil {
-		t.Fatal(err)
+	dnsAddr := o.dnsAddr
+	if dnsAddr == "" {
+		e.dns = startDNS(t)
+		dnsAddr = e.dns.Addr
 	}
-	t.Cleanup(func() { _ = e.dns.Close() })
-	e.ca, err = rig.StartCA(rig.CAOptions{HTTPPort: e.httpPort, TLSPort: e.httpsPort, DNSAddr: e.dns.Addr, AuthzReuse: o.authzReuse, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = e.ca.Close() })
-	var stop func()
-	e.askURL, stop, err = rig.StartAsk(func(name string) bool {
+	e.ca = startCA(t, rig.CAOptions{HTTPPort: e.httpPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse})
+	e.askURL = startAsk(t, func(name string) bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		return !e.denied[name]
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
 	return e
+}
+
+// startDNS starts a DNS server answering 127.0.0.1, closed at tb's end.
+func startDNS(tb testing.TB) *rig.DNS {
+	tb.Helper()
+	d, err := rig.StartDNS()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+// startCA starts Pebble in process (its files in a temporary directory of
+// tb), closed at tb's end.
+func startCA(tb testing.TB, o rig.CAOptions) *rig.CA {
+	tb.Helper()
+	if o.Dir == "" {
+		o.Dir = tb.TempDir()
+	}
+	ca, err := rig.StartCA(o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = ca.Close() })
+	return ca
+}
+
+// startAsk starts an on-demand ask endpoint (nil allow: every name) and
+// returns its URL; it stops at tb's end.
+func startAsk(tb testing.TB, allow func(name string) bool) string {
+	tb.Helper()
+	url, stop, err := rig.StartAsk(allow)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(stop)
+	return url
 }
 
 // issuer returns a certflow issuer object for this env's CA, with the

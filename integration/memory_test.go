@@ -52,15 +52,8 @@ func memWorldFor(tb testing.TB) memWorld {
 	if w.tlsPort, err = rig.FreePort(); err != nil {
 		tb.Fatal(err)
 	}
-	if w.dns, err = rig.StartDNS(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = w.dns.Close() })
-	w.ca, err = rig.StartCA(rig.CAOptions{HTTPPort: httpPort, TLSPort: w.tlsPort, DNSAddr: w.dns.Addr, Dir: tb.TempDir()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = w.ca.Close() })
+	w.dns = startDNS(tb)
+	w.ca = startCA(tb, rig.CAOptions{HTTPPort: httpPort, TLSPort: w.tlsPort, DNSAddr: w.dns.Addr})
 	return w
 }
 

@@ -116,24 +116,12 @@ func newProcEnv(t *testing.T, o procEnvOptions) *procEnv {
 		pe.nodes[name] = n
 		pe.validator = n
 	}
-	var err error
-	if pe.dns, err = rig.StartDNS(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pe.dns.Close() })
-	pe.ca, err = rig.StartCA(rig.CAOptions{
+	pe.dns = startDNS(t)
+	pe.ca = startCA(t, rig.CAOptions{
 		HTTPPort: pe.validator.httpPort, TLSPort: pe.validator.httpsPort,
-		DNSAddr: pe.dns.Addr, AuthzReuse: o.authzReuse, Dir: t.TempDir(),
+		DNSAddr: pe.dns.Addr, AuthzReuse: o.authzReuse,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pe.ca.Close() })
-	var stop func()
-	if pe.askURL, stop, err = rig.StartAsk(nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
+	pe.askURL = startAsk(t, nil)
 	// registered after the CA and DNS, so it runs before they close
 	t.Cleanup(func() {
 		for _, n := range pe.nodes {

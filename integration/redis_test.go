@@ -277,24 +277,10 @@ func newRedisEnv(t *testing.T, o redisEnvOptions) *redisEnv {
 	}
 	re.httpsLB.setBackends(https)
 	re.httpLB.setBackends(http)
-	var err error
-	if re.dns, err = rig.StartDNS(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = re.dns.Close() })
-	re.ca, err = rig.StartCA(rig.CAOptions{
-		HTTPPort: re.httpLB.port, TLSPort: re.httpsLB.port, DNSAddr: re.dns.Addr, Dir: t.TempDir(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	re.dns = startDNS(t)
+	re.ca = startCA(t, rig.CAOptions{HTTPPort: re.httpLB.port, TLSPort: re.httpsLB.port, DNSAddr: re.dns.Addr})
 	re.ca.SetFault(pebbleSerializer(nil))
-	t.Cleanup(func() { _ = re.ca.Close() })
-	var stop func()
-	if re.askURL, stop, err = rig.StartAsk(nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
+	re.askURL = startAsk(t, nil)
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
