@@ -52,6 +52,25 @@ func (r *recordingStorage) markerWrites(s store) (stored, deleted []string) {
 	return cut(r.stored), cut(r.deleted)
 }
 
+// hasMarker reports whether the marker (relative to the index folder) was
+// stored.
+func (r *recordingStorage) hasMarker(s store, marker string) bool {
+	stored, _ := r.markerWrites(s)
+	return slices.Contains(stored, marker)
+}
+
+// waitMarker waits, at most within, until the marker was stored.
+func (r *recordingStorage) waitMarker(t *testing.T, s store, marker string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !r.hasMarker(s, marker) {
+		if time.Now().After(deadline) {
+			t.Fatalf("marker %s not written within %s", marker, within)
+		}
+		time.Sleep(indexTick / 4)
+	}
+}
+
 func TestIndexWriterMergesUpdates(t *testing.T) {
 	ctx := context.Background()
 	const id = "20261127-120000.000000001-abcd"
@@ -137,10 +156,7 @@ func TestIndexWriterWritesWhenTheLastWorkflowEnds(t *testing.T) {
 	rec := &recordingStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
 	s := store{storage: rec, issuerKey: "certflow-test"}
 	const id = "20261127-120000.000000002-abcd"
-	written := func() bool {
-		stored, _ := rec.markerWrites(s)
-		return slices.Contains(stored, "requests/state/ready/20261127-12/00/00/"+id)
-	}
+	const marker = "requests/state/ready/20261127-12/00/00/" + id
 
 	markers.workflowStarted()
 	markers.workflowStarted() // a second workflow still in flight
@@ -151,17 +167,11 @@ func TestIndexWriterWritesWhenTheLastWorkflowEnds(t *testing.T) {
 	}
 	markers.workflowEnded()
 	time.Sleep(3 * indexTick)
-	if written() {
+	if rec.hasMarker(s, marker) {
 		t.Fatal("markers written while a workflow is still in flight, before their delay")
 	}
-	markers.workflowEnded() // the last one
-	deadline := time.Now().Add(indexDelay / 2)
-	for !written() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the markers were not written within %s of the last workflow's end", indexDelay/2)
-		}
-		time.Sleep(indexTick / 4)
-	}
+	markers.workflowEnded() // the last one: written well before the delay
+	rec.waitMarker(t, s, marker, indexDelay/2)
 }
 
 func TestIndexWriterWritesWhenDue(t *testing.T) {
@@ -176,17 +186,7 @@ func TestIndexWriterWritesWhenDue(t *testing.T) {
 	if err := s.saveResource(ctx, KindOrder, id, "a.test", "", OrderPending, &Order{ID: id, Name: "a.test", State: OrderPending}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := start.Add(indexDelay + 2*time.Second)
-	for {
-		stored, _ := rec.markerWrites(s)
-		if slices.Contains(stored, "orders/inflight/20261127-12/00/00/"+id) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the marker was not written within %s of its update", indexDelay+2*time.Second)
-		}
-		time.Sleep(indexTick / 2)
-	}
+	rec.waitMarker(t, s, "orders/inflight/20261127-12/00/00/"+id, indexDelay+2*time.Second)
 	if took := time.Since(start); took < indexDelay {
 		t.Fatalf("the marker was written after %s, before its delay of %s", took, indexDelay)
 	}
