@@ -54,7 +54,6 @@ type indexUpdate struct {
 	kind, id, name string
 	from, to       string
 	due            time.Time
-	logger         *zap.Logger
 	queue          uint32
 }
 
@@ -86,14 +85,14 @@ func (iw *indexWriter) submit(s store, kind, id, name, from, to string) {
 	}
 	if len(iw.held) >= maxPendingIndex {
 		iw.mu.Unlock()
-		writeIndex(&indexUpdate{s: s, kind: kind, id: id, name: name, from: from, to: to, logger: s.logger})
+		writeIndex(&indexUpdate{s: s, kind: kind, id: id, name: name, from: from, to: to})
 		return
 	}
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(key))
 	iw.held[key] = &indexUpdate{
 		s: s, kind: kind, id: id, name: name, from: from, to: to,
-		due: time.Now().Add(indexDelay), logger: s.logger, queue: h.Sum32() % indexWriters,
+		due: time.Now().Add(indexDelay), queue: h.Sum32() % indexWriters,
 	}
 	if iw.pending == 0 {
 		iw.idle = make(chan struct{})
@@ -214,8 +213,8 @@ func writeIndex(u *indexUpdate) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
 	defer cancel()
-	if err := u.s.reindex(ctx, u.kind, u.id, u.name, u.from, u.to); err != nil && u.logger != nil {
-		u.logger.Warn("updating the index", zap.String("resource", u.id), zap.String("kind", u.kind), zap.Error(err))
+	if err := u.s.reindex(ctx, u.kind, u.id, u.name, u.from, u.to); err != nil && u.s.logger != nil {
+		u.s.logger.Warn("updating the index", zap.String("resource", u.id), zap.String("kind", u.kind), zap.Error(err))
 	}
 }
 
