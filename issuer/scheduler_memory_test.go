@@ -54,6 +54,21 @@ func waitGoroutines(want int, timeout time.Duration) int {
 	}
 }
 
+// steadyGoroutines returns runtime.NumGoroutine() once it has not changed
+// for 50 ms (at most timeout), so goroutines an earlier test left finishing
+// (index writes, clean-ups) do not move the count during a measurement.
+func steadyGoroutines(timeout time.Duration) int {
+	deadline := time.Now().Add(timeout)
+	last, since := runtime.NumGoroutine(), time.Now()
+	for time.Now().Before(deadline) && time.Since(since) < 50*time.Millisecond {
+		time.Sleep(5 * time.Millisecond)
+		if n := runtime.NumGoroutine(); n != last {
+			last, since = n, time.Now()
+		}
+	}
+	return last
+}
+
 // measureQueue fills a scheduler whose single slot is held with n tickets,
 // each Acquire called from its own goroutine (standing for the handshake
 // that waits for the challenge), measures what they cost, checks that one
@@ -80,7 +95,8 @@ func measureQueue(tb testing.TB, n int) queueFigures {
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	gate := make(chan struct{})
 	results := make(chan error, n)
-	g0 := runtime.NumGoroutine()
+	FlushIndex(time.Minute) // index writes an earlier test left
+	g0 := steadyGoroutines(5 * time.Second)
 	for i := range n {
 		ctx := served
 		if i%2 == 0 {
