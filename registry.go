@@ -142,3 +142,15 @@ func discoverSources(ctx context.Context, extra ...certmagic.Storage) ([]source,
 	}
 	return dedupeSources(all), firstErr
 }
+
+// registeredIssuers returns the issuer instances that have a configuration
+// (SetConfig was called) and are not cleaned up.
+func registeredIssuers() []*Issuer {
+	sourceRegistry.mu.Lock()
+	defer sourceRegistry.mu.Unlock()
+	out := make([]*Issuer, 0, len(sourceRegistry.byInst))
+	for inst := range sourceRegistry.byInst {
+		out = append(out, inst)
+	}
+	return out
+}
