@@ -34,6 +34,8 @@ type Engine struct {
 
 	validation validationTime // how long the CA takes to validate, for the first poll
 
+	backoffs backoffMemory // names' failure backoffs as this process last saw them
+
 	maintMu sync.Mutex
 	maint   map[string]*maintenance // by storage identity and issuer key
 }

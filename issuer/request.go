@@ -71,6 +71,7 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 	w.rec = rec
 
 	now := time.Now()
+	w.engine.backoffs.note(w.opts.IssuerKey, w.name, rec.NextAttempt, backoffReason(rec), now)
 	if live, queued := w.engine.scheduler.Stats(); queued >= w.engine.scheduler.Limits().MaxQueued {
 		// fail before creating anything: the queue is this process's
 		// capacity, not the name's fault, so no backoff either
@@ -78,8 +79,7 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 	}
 	if w.req.OnDemand && now.Before(rec.NextAttempt) {
 		// a name that just failed is not re-ordered on every handshake
-		return nil, certmagic.ErrNoRetry{Err: fmt.Errorf("%s: backing off after %d failed attempt(s), last: %s; next attempt at %s",
-			w.name, rec.Failures, rec.LastError, rec.NextAttempt.UTC().Format(time.RFC3339))}
+		return nil, certmagic.ErrNoRetry{Err: fmt.Errorf("%s: %s", w.name, backoffReason(rec))}
 	}
 
 	w.cr = &CertificateRequest{
@@ -143,6 +143,7 @@ func (w *workflow) recordSuccess(ctx context.Context) {
 		func() error { return w.order.setState(ctx, OrderValid, "") },
 		w.saveRequestFunc(ctx),
 	}
+	w.engine.backoffs.note(w.opts.IssuerKey, w.name, time.Time{}, "", now)
 	if w.rec.Failures != 0 || !w.rec.NextAttempt.IsZero() || w.rec.LastError != "" {
 		w.rec.Failures, w.rec.NextAttempt, w.rec.LastError, w.rec.CurrentOrder = 0, time.Time{}, "", ""
 		writes = append(writes, w.saveNameRecordFunc(ctx))
@@ -183,6 +184,7 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 			w.rec.TypeOffset = nextTypeOffset(w.opts.ChallengeTypes, failed)
 		}
 		w.observer().BackoffStarted(w.name, w.rec.NextAttempt, reason)
+		w.engine.backoffs.note(w.opts.IssuerKey, w.name, w.rec.NextAttempt, backoffReason(w.rec), now)
 	}
 	w.cr.State, w.cr.Reason, w.cr.Updated = RequestFailed, reason, now
 	w.cr.NextAttempt = nextAttempt
@@ -200,6 +202,12 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 		return certmagic.ErrNoRetry{Err: err}
 	}
 	return err
+}
+
+// backoffReason is the stable message of a name backing off.
+func backoffReason(rec *NameRecord) string {
+	return fmt.Sprintf("backing off after %d failed attempt(s), last: %s; next attempt at %s",
+		rec.Failures, rec.LastError, rec.NextAttempt.UTC().Format(time.RFC3339))
 }
 
 // backoffFor is the wait after the n-th consecutive failure (n ≥ 1).
