@@ -490,6 +490,7 @@ func (a *adminAPI) handleRetry(w http.ResponseWriter, r *http.Request, rawName s
 	if cleared == 0 {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%w: %s", issuer.ErrUnknownName, name)}
 	}
+	forgetInIssuers(name)
 	a.log().Info("cleared failure backoff", zap.String("name", name))
 	st, err := a.status(r.Context(), name)
 	if err != nil {

@@ -57,3 +57,13 @@ func (iss *Issuer) refusal(name string, now time.Time) (Refusal, bool) {
 	}
 	return Refusal{}, false
 }
+
+// forgetInIssuers drops what every issuer instance of this process
+// remembers of name's backoff (after an operator cleared it in storage).
+func forgetInIssuers(name string) {
+	for _, iss := range registeredIssuers() {
+		if iss.engine != nil {
+			iss.engine.Forget(iss.issuerKey, name)
+		}
+	}
+}

@@ -69,3 +69,9 @@ func (m *backoffMemory) refusal(issuerKey, name string, now time.Time) (Refusal,
 	}
 	return r, true
 }
+
+// Forget drops what the engine remembers of name's backoff under
+// issuerKey, after an operator cleared it (POST /certflow/retry/<name>).
+func (e *Engine) Forget(issuerKey, name string) {
+	e.backoffs.note(issuerKey, name, time.Time{}, "", time.Now())
+}
