@@ -85,6 +85,8 @@ func (m *maintenance) leftoverPass(ctx context.Context, e *Engine, s store, full
 			next = at
 		}
 	}
+	logger.Debug("looked for leftovers", zap.Int("challenges", len(ids)), zap.Int("ended", j.ended),
+		zap.Bool("listed_all", listedAll), zap.Int("processes_gone", len(lapsed)))
 	if listedAll {
 		// what the gone processes left has been found: their heartbeat
 		// records go (a missing record reads as a lapsed one)
@@ -109,6 +111,7 @@ type judge struct {
 	beatsRead bool
 	absent    map[string]bool // owners whose missing record was checked: confirmed absent
 	logger    *zap.Logger
+	ended     int // abandoned challenges ended
 }
 
 // ownerOf is what the pass knows of the challenge's owner.
@@ -211,6 +214,7 @@ func (j *judge) abandon(ctx context.Context, judged *Challenge, why string, now 
 		m.watchID(ch.ID)
 		return
 	}
+	j.ended++
 	fields := []zap.Field{zapChallenge(ch.ID), zapName(ch.Name), zap.String("owner", ch.Owner), zapReason(why)}
 	if cleanErr != nil {
 		m.cleanUpFailed(ch.ID)

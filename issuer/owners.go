@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"path"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -144,7 +145,29 @@ func (e *Engine) keepBeating(sp *storePresence) {
 	if sp.started.IsZero() {
 		sp.started = time.Now()
 	}
-	go e.beat(sp)
+	beaters.Add(1)
+	go func() {
+		defer beaters.Add(-1)
+		e.beat(sp)
+	}()
+}
+
+// beaters counts the heartbeat goroutines of the process.
+var beaters atomic.Int64
+
+// AwaitHeartbeatsStopped waits, at most timeout, until no engine of the
+// process keeps a heartbeat (each stops once its maintenance was stopped
+// and its last challenge ended, removing its record), and reports whether
+// they all stopped. After it, none writes to storage.
+func AwaitHeartbeatsStopped(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for beaters.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }
 
 // beat writes the engine's heartbeat record in sp's store every
