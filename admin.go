@@ -318,6 +318,9 @@ type NameStatus struct {
 	Failing bool `json:"failing"`
 	// NextAttempt is when a failing name may be tried again.
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	// Admission is this node's cached answer of the permission module
+	// (tls.permission.certflow) for the name, if any.
+	Admission *AdmissionStatus `json:"admission,omitempty"`
 }
 
 // CertificateInfo describes the stored certificate of a name.
@@ -346,7 +349,7 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request, rawName 
 		return err
 	}
 	st, err := a.status(r.Context(), name)
-	if err != nil {
+	if st, err = withAdmission(st, err, name); err != nil {
 		return err
 	}
 	return writeJSON(w, r, st)
