@@ -290,13 +290,20 @@ func (p *Permission) CertificateAllowed(ctx context.Context, name string) error 
 
 	stored := storedOnce{p: p, ctx: ctx, name: name}
 	if handshake {
-		if r, refused := p.certflowRefusal(name, now); refused && !stored.get() {
-			if r.Until.IsZero() {
-				permissionMetrics.refusals.WithLabelValues(refusedCannotIssue).Inc()
+		if r, refused := p.certflowRefusal(name, now); refused {
+			if stored.get() {
+				// refusing would cost the name its stored certificate:
+				// certmagic loads it only once permission is given
+				p.logger.Debug("certflow holds the name back, but it has a certificate in storage: not refused",
+					zap.String("name", name), zap.Time("until", r.Until), zap.String("reason", r.Reason))
 			} else {
-				permissionMetrics.refusals.WithLabelValues(refusedHeld).Inc()
+				if r.Until.IsZero() {
+					permissionMetrics.refusals.WithLabelValues(refusedCannotIssue).Inc()
+				} else {
+					permissionMetrics.refusals.WithLabelValues(refusedHeld).Inc()
+				}
+				return refusalError(name, r)
 			}
-			return refusalError(name, r)
 		}
 	}
 	if hit {

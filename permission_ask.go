@@ -188,8 +188,9 @@ func (p *Permission) askBounded(ctx context.Context, name string, deadline time.
 
 	askCtx, cancelAsk := context.WithDeadline(ctx, deadline)
 	type answer struct {
-		allowed bool
-		err     error
+		allowed  bool
+		err      error
+		timedOut bool
 	}
 	done := make(chan answer, 1)
 	start := time.Now()
@@ -199,7 +200,7 @@ func (p *Permission) askBounded(ctx context.Context, name string, deadline time.
 		defer permissionMetrics.inFlight.Dec()
 		defer cancelAsk()
 		allowed, err := p.asker.ask(askCtx, name)
-		done <- answer{allowed, err}
+		done <- answer{allowed, err, err != nil && askCtx.Err() != nil}
 	}()
 
 	select {
@@ -208,7 +209,7 @@ func (p *Permission) askBounded(ctx context.Context, name string, deadline time.
 		if a.err != nil {
 			permissionMetrics.asks.WithLabelValues(askOutcomeError).Inc()
 			permissionMetrics.askDuration.WithLabelValues(askOutcomeError).Observe(took.Seconds())
-			if askCtx.Err() != nil {
+			if a.timedOut {
 				a.err = fmt.Errorf("no answer within ask_timeout %s: %w", time.Duration(p.AskTimeout), a.err)
 			}
 			return decision{}, &askError{source: src, name: name, err: a.err}
