@@ -547,3 +547,30 @@ func TestAdmissionClientBudget(t *testing.T) {
 		t.Errorf("caddy certflow status ok-b1.test:\n%s", out)
 	}
 }
+
+// TestAdmissionWithStockIssuer: the module works when the policy issues
+// through Caddy's stock acme issuer: certflow's refusals do not apply, the
+// answer is cached, and the certificate is issued.
+func TestAdmissionWithStockIssuer(t *testing.T) {
+	schedulerIdle(t)
+	a := newAdmissionEnv(t, envOptions{}, nil)
+	stock := map[string]any{
+		"module":                  "acme",
+		"ca":                      a.ca.DirectoryURL,
+		"email":                   "ops@example.com",
+		"trusted_roots_pem_files": []string{a.ca.ServerRootsFile},
+	}
+	a.run(admissionRun{adjust: func(m map[string]any) {
+		policies := m["apps"].(map[string]any)["tls"].(map[string]any)["automation"].(map[string]any)["policies"].([]any)
+		policies[len(policies)-1].(map[string]any)["issuers"] = []any{stock}
+	}})
+	const name = "stock-issued.test"
+	a.mustHandshake(name)
+	a.mustHandshake(name)
+	if n := a.ask.RequestsFor(name); n != 1 {
+		t.Errorf("%s was asked %d times, want once", name, n)
+	}
+	if reqs := a.resources("requests", name); len(reqs) != 0 {
+		t.Errorf("certflow's issuer took part: %s", dump(reqs))
+	}
+}
