@@ -187,6 +187,9 @@ func (p *Permission) askBounded(ctx context.Context, name string, deadline time.
 	}
 
 	askCtx, cancelAsk := context.WithDeadline(ctx, deadline)
+	// cancelled here, never by the asking goroutine: a cancel racing its
+	// answer would turn an answer into a timeout
+	defer cancelAsk()
 	type answer struct {
 		allowed  bool
 		err      error
@@ -198,7 +201,6 @@ func (p *Permission) askBounded(ctx context.Context, name string, deadline time.
 	go func() {
 		defer st.slots.Release(1)
 		defer permissionMetrics.inFlight.Dec()
-		defer cancelAsk()
 		allowed, err := p.asker.ask(askCtx, name)
 		done <- answer{allowed, err, err != nil && askCtx.Err() != nil}
 	}()
