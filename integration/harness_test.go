@@ -11,8 +11,9 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/certflow/certflow"
+	certflow "github.com/certflow/certflow"
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/issuer"
 )
 
 // env is one test's world: a DNS answering 127.0.0.1, an in-process Pebble,
@@ -219,3 +220,14 @@ func dump(v any) string {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	return string(b)
 }
+
+// currentScheduler is the process's challenge scheduler while Caddy runs
+// with a certflow issuer, else an idle one (nothing live or queued).
+func currentScheduler() *issuer.Scheduler {
+	if s := certflow.Scheduler(); s != nil {
+		return s
+	}
+	return idleScheduler
+}
+
+var idleScheduler = issuer.NewScheduler(issuer.SchedulerLimits{})

@@ -37,8 +37,8 @@ func TestIsFinalError(t *testing.T) {
 		{"network", errors.New("dial tcp: connection refused"), false},
 	}
 	for _, tt := range tests {
-		if got := isFinalError(tt.err); got != tt.want {
-			t.Errorf("%s: isFinalError = %v, want %v", tt.name, got, tt.want)
+		if got := isRefusal(tt.err); got != tt.want {
+			t.Errorf("%s: isRefusal = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }

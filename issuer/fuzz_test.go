@@ -94,7 +94,7 @@ var decodeTargets = []struct {
 	{KindOrder, func() any { return new(Order) }},
 	{KindChallenge, func() any { return new(Challenge) }},
 	{kindNames, func() any { return new(NameRecord) }},
-	{kindBlocks, func() any { return new(blockRecord) }},
+	{kindHolds, func() any { return new(Hold) }},
 }
 
 func versionOf(v any) int {
@@ -107,7 +107,7 @@ func versionOf(v any) int {
 		return r.Version
 	case *NameRecord:
 		return r.Version
-	case *blockRecord:
+	case *Hold:
 		return r.Version
 	}
 	return -1
@@ -131,7 +131,7 @@ func fuzzSeeds() [][]byte {
 			SelfChecks: 3, Created: now, Updated: now, Times: ChallengeTimes{Scheduled: now, Presented: now}},
 		NameRecord{Version: SchemaVersion, Name: "a.test", CurrentOrder: "o1", Failures: 3,
 			NextAttempt: now.Add(time.Hour), LastError: "x", TypeOffset: 1, Updated: now},
-		blockRecord{Version: SchemaVersion, Until: now.Add(time.Minute), Reason: "429", Updated: now},
+		Hold{Version: SchemaVersion, Scope: HoldScope{Kind: ScopeNames, Value: "a.example"}, Until: now.Add(time.Minute), Reason: "429", Updated: now},
 	}
 	var seeds [][]byte
 	for _, v := range valid {

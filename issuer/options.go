@@ -23,8 +23,15 @@ type Options struct {
 	ChallengeTypes []string
 	// Solvers by challenge type.
 	Solvers map[string]solvers.Solver
+	// PolicyID names the automation policy these options come from
+	// (stable across reloads of the same settings): a challenge records
+	// it, so maintenance cleans a leftover with that policy's solver.
+	PolicyID string
 
 	SelfCheckDisabled bool
+	// SelfCheckAdvisory asks the CA to validate even when every
+	// challenge type failed its self-check (the failures stay recorded).
+	SelfCheckAdvisory bool
 	// SelfCheckInterval is the wait between failed self-checks.
 	SelfCheckInterval time.Duration
 	// SelfCheckTimeout bounds how long a self-check may keep failing.
