@@ -16,7 +16,7 @@ import (
 //	certflow_admission_cache_total{result}            hit | miss
 //	certflow_admission_cache_entries                  gauge: cached answers, all configs
 //	certflow_admission_refusals_total{reason}         denied (by the endpoint, fresh or cached) |
-//	                                                  held (certflow holds the name back) |
+//	                                                  held (its backoff, a rate-limit hold, an open circuit) |
 //	                                                  cannot_issue (certflow can never obtain it) |
 //	                                                  client_budget | ask_error | ask_busy
 const (
