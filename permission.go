@@ -350,8 +350,7 @@ func (p *Permission) certflowRefusal(name string, now time.Time) (Refusal, bool)
 // refusalError is the handshake's error for a name certflow refuses.
 func refusalError(name string, r Refusal) error {
 	if r.Until.IsZero() {
-		return fmt.Errorf("%w: certflow cannot obtain a certificate for %s: %s",
-			caddytls.ErrPermissionDenied, name, r.Reason)
+		return fmt.Errorf("%w: certflow refuses %s: %s", caddytls.ErrPermissionDenied, name, r.Reason)
 	}
 	return fmt.Errorf("%w: certflow holds back %s until %s: %s",
 		caddytls.ErrPermissionDenied, name, r.Until.UTC().Format(time.RFC3339), r.Reason)
