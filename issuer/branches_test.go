@@ -100,7 +100,7 @@ func TestWorkflowBranches(t *testing.T) {
 			},
 		},
 		{
-			desc:  "repeated 429s with short Retry-After: waited out, then held, not a failure of the name",
+			desc: "repeated 429s with short Retry-After: waited out, then held, not a failure of the name",
 			setup: func(t *testing.T, r *branchRig) {
 				f := problem(429, "rateLimited", "certflow test: slow down", "1")
 				r.ca.fail(fakeNewOrder, f, f, f)
