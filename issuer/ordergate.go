@@ -21,7 +21,7 @@ const managedMaxHold = time.Hour
 // budgetLeft is how long this request may still wait.
 func (w *workflow) budgetLeft() time.Duration {
 	if w.req.OnDemand {
-		return time.Until(w.started.Add(OnDemandBudget))
+		return time.Until(w.started.Add(w.opts.OnDemandBudget))
 	}
 	return managedMaxHold
 }
