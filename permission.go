@@ -339,9 +339,9 @@ func (s *storedOnce) get() bool {
 }
 
 // certflowRefusal asks certflow's issuers whether they would refuse name
-// now, when the policy that applies to name issues through certflow.
+// now, when the policy that applies to name issues through certflow alone.
 func (p *Permission) certflowRefusal(name string, now time.Time) (Refusal, bool) {
-	if !p.certs.usesCertflow(name) {
+	if !p.certs.onlyCertflow(name) {
 		return Refusal{}, false
 	}
 	return refusalFor(name, now)

@@ -68,19 +68,20 @@ func (c certLookup) policyFor(name string) *caddytls.AutomationPolicy {
 	return nil
 }
 
-// usesCertflow reports whether the policy for name has a certflow issuer;
-// only then do certflow's refusals apply to it.
-func (c certLookup) usesCertflow(name string) bool {
+// onlyCertflow reports whether every issuer of the policy for name is a
+// certflow issuer; only then is certflow's refusal the policy's: another
+// issuer in the policy (a fallback) may obtain what certflow holds back.
+func (c certLookup) onlyCertflow(name string) bool {
 	ap := c.policyFor(name)
-	if ap == nil {
+	if ap == nil || len(ap.Issuers) == 0 {
 		return false
 	}
 	for _, iss := range ap.Issuers {
-		if _, ok := iss.(*Issuer); ok {
-			return true
+		if _, ok := iss.(*Issuer); !ok {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // certificateStored reports whether name has a certificate in storage

@@ -576,3 +576,58 @@ func TestAdmissionWithStockIssuer(t *testing.T) {
 		t.Errorf("certflow's issuer took part: %s", dump(reqs))
 	}
 }
+
+// TestAdmissionLeavesFallbackToServe: in a policy with a fallback issuer
+// (certflow at CA 1, then acme at CA 2), a name certflow backs off is not
+// refused by the module: the fallback may still obtain it. certflow backs
+// the name off under a first config without the fallback; the reload that
+// adds it keeps certflow's engine, and so the backoff.
+func TestAdmissionLeavesFallbackToServe(t *testing.T) {
+	schedulerIdle(t)
+	a := newAdmissionEnv(t, envOptions{}, nil)
+	ca2 := startCA(t, rig.CAOptions{HTTPPort: a.httpPort, TLSPort: a.httpsPort, DNSAddr: a.dns.Addr})
+	const name, probe = "fallback.test", "probe.test"
+	if err := a.ca.BlockDomain(name); err != nil {
+		t.Fatal(err)
+	}
+	perm := map[string]any{"cache_allowed": "200ms"}
+	a.run(admissionRun{permission: perm})
+	a.mustHandshake(probe)
+	if _, err := a.handshake(name); err == nil {
+		t.Fatal("handshake for a name CA 1 refuses succeeded")
+	}
+	if rec := nameRecordOf(t, a.storage, name); rec == nil || rec["next_attempt"] == nil {
+		t.Fatalf("certflow does not back the name off: %s", dump(rec))
+	}
+
+	a.run(admissionRun{permission: perm, adjust: func(m map[string]any) {
+		policies := m["apps"].(map[string]any)["tls"].(map[string]any)["automation"].(map[string]any)["policies"].([]any)
+		last := policies[len(policies)-1].(map[string]any)
+		last["issuers"] = append(last["issuers"].([]map[string]any), map[string]any{
+			"module":                  "acme",
+			"ca":                      ca2.DirectoryURL,
+			"email":                   "ops@example.com",
+			"trusted_roots_pem_files": []string{ca2.ServerRootsFile},
+		})
+	}})
+	// right after a reload the old servers may still reset a connection
+	ok := 0
+	for deadline := time.Now().Add(10 * time.Second); ok < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the reload, handshakes for %s kept failing", probe)
+		}
+		if _, err := rig.Handshake(a.addr(), probe, a.ca.IssuerRoots(), 2*time.Second); err != nil {
+			ok = 0
+			time.Sleep(pollEvery)
+			continue
+		}
+		ok++
+	}
+	time.Sleep(300 * time.Millisecond) // the allowed answer expires
+	if _, err := rig.Handshake(a.addr(), name, ca2.IssuerRoots(), 30*time.Second); err != nil {
+		t.Fatalf("handshake for %s, which the fallback issuer can obtain: %v", name, err)
+	}
+	if n := a.ask.RequestsFor(name); n != 2 {
+		t.Errorf("%s was asked %d times, want 2 (once per expired answer)", name, n)
+	}
+}
