@@ -99,7 +99,7 @@ func (a *admissionEnv) run(r admissionRun) {
 	}
 }
 
-// observed gives the observe tests' admin helpers (scrape, status, cli).
+// observed gives the observe tests' admin functions (scrape, status, cli).
 func (a *admissionEnv) observed() *observed { return &observed{env: a.env, admin: a.admin} }
 
 // logLines returns the lines of Caddy's log containing every one of subs.

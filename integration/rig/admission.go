@@ -17,7 +17,7 @@ import (
 	"github.com/caddyserver/certmagic"
 )
 
-// Helpers for the tests of certflow's on-demand permission module: an ask
+// What the tests of certflow's on-demand permission module need: an ask
 // endpoint whose behaviour can be switched and whose requests are counted,
 // handshakes from a chosen loopback source address, and a storage module
 // that counts writes.
