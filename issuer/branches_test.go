@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -204,6 +205,39 @@ func TestWorkflowBranches(t *testing.T) {
 			check: func(t *testing.T, r *branchRig) {
 				if st := r.engine.Breaker(); st.State != breakerClosed {
 					t.Errorf("circuit after the CA answered: %+v", st)
+				}
+			},
+		},
+		{
+			desc: "a background renewal of a certificate a handshake asked for respects the name's backoff",
+			setup: func(t *testing.T, r *branchRig) {
+				rec := NameRecord{Version: SchemaVersion, Name: name, OnDemand: true, Failures: 2,
+					LastError: "the CA refused", NextAttempt: time.Now().Add(time.Hour)}
+				if err := r.store().save(context.Background(), kindNames, name, &rec); err != nil {
+					t.Fatal(err)
+				}
+			},
+			onDemand: false, wantErr: "backing off after 2 failed attempt(s)", wantParty: PartyName,
+			check: func(t *testing.T, r *branchRig) {
+				if n := r.ca.newOrdersFor(name); n != 0 {
+					t.Errorf("%d new-orders during the backoff", n)
+				}
+			},
+		},
+		{
+			desc: "storage failing: nobody's failure count grows",
+			setup: func(t *testing.T, r *branchRig) {
+				r.storage.failStore = func(key string) error {
+					if strings.Contains(key, "/"+KindOrder+"/") {
+						return errors.New("disk full")
+					}
+					return nil
+				}
+			},
+			onDemand: true, wantErr: "disk full", wantParty: PartyStorage,
+			check: func(t *testing.T, r *branchRig) {
+				if rec := r.nameRecord(name); rec.Failures != 0 || rec.NextAttempt.After(time.Now()) {
+					t.Errorf("a storage failure counted as a failure of the name: %+v", rec)
 				}
 			},
 		},

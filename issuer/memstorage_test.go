@@ -13,6 +13,9 @@ import (
 type memStorage struct {
 	mu sync.Mutex
 	m  map[string][]byte
+	// failStore, when set, fails the Store of the keys it returns an
+	// error for.
+	failStore func(key string) error
 }
 
 func newMemStorage() *memStorage { return &memStorage{m: map[string][]byte{}} }
@@ -23,6 +26,11 @@ func (s *memStorage) Unlock(context.Context, string) error { return nil }
 func (s *memStorage) Store(_ context.Context, key string, value []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.failStore != nil {
+		if err := s.failStore(key); err != nil {
+			return err
+		}
+	}
 	s.m[key] = append([]byte(nil), value...)
 	return nil
 }
