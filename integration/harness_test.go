@@ -37,6 +37,13 @@ type envOptions struct {
 	// dnsAddr, when set, is the DNS server Pebble resolves through (e.g.
 	// BIND); otherwise the env starts its own, answering 127.0.0.1.
 	dnsAddr string
+	// caHTTPPort, when set, is the port Pebble's validator connects to for
+	// HTTP-01 instead of Caddy's HTTP port (a closed one: port 80 closed
+	// at a load balancer).
+	caHTTPPort int
+	// certValidity is the lifetime of the certificates Pebble issues
+	// (zero: Pebble's default).
+	certValidity time.Duration
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -54,7 +61,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 		e.dns = startDNS(t)
 		dnsAddr = e.dns.Addr
 	}
-	e.ca = startCA(t, rig.CAOptions{HTTPPort: e.httpPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse})
+	caHTTPPort := e.httpPort
+	if o.caHTTPPort != 0 {
+		caHTTPPort = o.caHTTPPort
+	}
+	e.ca = startCA(t, rig.CAOptions{HTTPPort: caHTTPPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse,
+		CertValidity: o.certValidity})
 	e.askURL = startAsk(t, func(name string) bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()

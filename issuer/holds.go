@@ -2,9 +2,10 @@ package issuer
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
-	"path"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,7 +111,9 @@ func (t *holdTable) refresh(ctx context.Context, s store, now time.Time) {
 	t.changed = map[string]uint64{}
 }
 
-// loadHolds reads every stored hold of s; unreadable ones are skipped.
+// loadHolds reads every stored hold of s. It only reads: a hold that does
+// not decode (or has another schema version) is skipped, never set aside,
+// and maintenance deletes it once expired or unreadable.
 func loadHolds(ctx context.Context, s store) ([]Hold, error) {
 	ids, err := s.list(ctx, kindHolds)
 	if err != nil {
@@ -118,10 +121,15 @@ func loadHolds(ctx context.Context, s store) ([]Hold, error) {
 	}
 	out := make([]Hold, 0, len(ids))
 	for _, id := range ids {
-		var h Hold
-		if err := s.load(ctx, kindHolds, id, &h); err == nil {
-			out = append(out, h)
+		b, err := s.storage.Load(ctx, s.key(kindHolds, id))
+		if err != nil {
+			continue // gone meanwhile, or unreadable: the CA refuses again if it mattered
 		}
+		var h Hold
+		if json.Unmarshal(b, &h) != nil || h.Version != SchemaVersion || h.Scope.Key() != id {
+			continue
+		}
+		out = append(out, h)
 	}
 	return out, nil
 }
@@ -166,9 +174,11 @@ func (t *holdTable) put(ctx context.Context, s store, h Hold) error {
 	t.changed[key] = t.gen
 	t.mu.Unlock()
 
-	var stored Hold
-	if err := s.load(ctx, kindHolds, key, &stored); err == nil && !stored.Until.Before(h.Until) {
-		return nil
+	if b, err := s.storage.Load(ctx, s.key(kindHolds, key)); err == nil {
+		var stored Hold
+		if json.Unmarshal(b, &stored) == nil && !stored.Until.Before(h.Until) {
+			return nil // another node recorded a later deadline
+		}
 	}
 	return s.save(ctx, kindHolds, key, h)
 }
@@ -196,26 +206,53 @@ func (t *holdTable) all(now time.Time) []Hold {
 }
 
 // ForgetHold drops what the engine's views hold for a scope key, after an
-// operator cleared it in storage.
+// operator cleared it in storage. An account cleared of an account-wide
+// rate limit still probes with one order at a time until one succeeds, as
+// when the hold ends by itself.
 func (e *Engine) ForgetHold(key string) {
 	e.holdTables.Range(func(_, v any) bool {
 		v.(*holdTable).forget(key)
 		return true
 	})
-	if k := (HoldScope{Kind: ScopeAccount, Value: e.cfg.accountUser()}).Key(); k == key {
-		e.watch.stopProbing()
-	}
 }
 
-// holdKeyPath is the storage key of a hold.
-func (s store) holdKey(key string) string { return s.key(kindHolds, key) }
-
-// ClearHold deletes a stored hold by its scope key (the admin API).
-func (r Reader) ClearHold(ctx context.Context, key string) error {
-	if err := r.s.delete(ctx, kindHolds, key); err != nil {
-		return err
+// ClearHold deletes a stored hold by its scope key (the admin API); it
+// reports whether there was one.
+func (r Reader) ClearHold(ctx context.Context, key string) (bool, error) {
+	if _, err := r.s.storage.Load(ctx, r.s.key(kindHolds, key)); isNotExist(err) {
+		return false, nil
 	}
-	return nil
+	return true, r.s.delete(ctx, kindHolds, key)
+}
+
+// NameHoldKey is the scope key of the hold on exactly one name.
+func NameHoldKey(name string) string { return namesScope([]string{name}).Key() }
+
+// HoldsOver returns the stored holds in force over name: its own, its
+// registered domain's, and every account's (the reader does not know
+// which account a policy uses).
+func (r Reader) HoldsOver(ctx context.Context, name string, now time.Time) ([]Hold, error) {
+	all, err := r.Holds(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	rd, _ := registeredDomain([]string{name})
+	var out []Hold
+	for _, h := range all {
+		switch h.Scope.Kind {
+		case ScopeAccount:
+		case ScopeDomain:
+			if h.Scope.Value != rd {
+				continue
+			}
+		default:
+			if !slices.Contains(strings.Split(h.Scope.Value, ","), name) {
+				continue
+			}
+		}
+		out = append(out, h)
+	}
+	return out, nil
 }
 
 // Holds lists the stored holds still in force, and when each ends.
@@ -237,6 +274,3 @@ func (r Reader) Holds(ctx context.Context, now time.Time) ([]Hold, error) {
 func errHeld(h Hold) error {
 	return heldUntil(h.Until, fmt.Sprintf("new orders for %s are held (%s): %s", h.Scope, h.Limit, h.Reason))
 }
-
-var _ = path.Join
-var _ = errors.New

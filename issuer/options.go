@@ -39,6 +39,11 @@ type Options struct {
 	// ChallengeTimeout bounds a challenge from scheduled to final.
 	ChallengeTimeout time.Duration
 
+	// OnDemandBudget is how long a request with a handshake waiting may
+	// take; a wait beyond it fails the request at once. Default:
+	// OnDemandBudget (Caddy's read-header timeout less a margin).
+	OnDemandBudget time.Duration
+
 	// BackoffInitial and BackoffMax shape the failure backoff per name.
 	BackoffInitial, BackoffMax time.Duration
 
@@ -73,6 +78,9 @@ func (o *Options) SetDefaults() {
 	}
 	if o.ChallengeTimeout <= 0 {
 		o.ChallengeTimeout = DefaultChallengeTimeout
+	}
+	if o.OnDemandBudget <= 0 {
+		o.OnDemandBudget = OnDemandBudget
 	}
 	if o.BackoffInitial <= 0 {
 		o.BackoffInitial = DefaultBackoffInitial

@@ -9,9 +9,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// onDemandBudget is how long an on-demand request may take in all: Caddy's
+// OnDemandBudget is how long an on-demand request may take in all: Caddy's
 // read-header timeout (60 s) bounds the waiting handshake, less a margin.
-const onDemandBudget = 45 * time.Second
+// A hold or wait longer than that fails the handshake at once.
+const OnDemandBudget = 45 * time.Second
 
 // managedMaxHold is the longest a managed (background) request waits for a
 // rate limit before it fails and leaves the retry to certmagic's ladder.
@@ -20,7 +21,7 @@ const managedMaxHold = time.Hour
 // budgetLeft is how long this request may still wait.
 func (w *workflow) budgetLeft() time.Duration {
 	if w.req.OnDemand {
-		return time.Until(w.started.Add(onDemandBudget))
+		return time.Until(w.started.Add(w.opts.OnDemandBudget))
 	}
 	return managedMaxHold
 }
