@@ -707,10 +707,11 @@ func storageCallsReport(before, after map[string]float64, per float64) (total fl
 }
 
 // maxListsPerNodePass bounds the storage lists a node makes that do not
-// belong to any handshake: one maintenance pass (3s after start, then
-// hourly) lists requests, orders and challenges for retention and the
-// challenges again for leftovers.
-const maxListsPerNodePass = 4
+// belong to any handshake: its first maintenance pass (3s after start)
+// lists the processes' heartbeats and the challenges for leftovers, and
+// requests, orders and challenges for retention. (The passes of every
+// minute after it list the heartbeats and the in-flight index.)
+const maxListsPerNodePass = 5
 
 // checkOneOrderEach fails t for every name the CA saw more than one
 // new-order for (and, when wantOne, for names with none).

@@ -58,19 +58,21 @@ func (m *maintenance) leftoverPass(ctx context.Context, e *Engine, s store, full
 	}
 
 	ids := m.watched()
-	err = Reader{s: s}.walkBuckets(ctx, s.inflightDir(KindChallenge), "", func(id string) (bool, error) {
-		ids = append(ids, id)
-		return false, nil
-	})
-	if err != nil {
-		logger.Warn("listing the challenges in flight", zap.Error(err))
-	}
 	if full {
 		all, err := s.list(ctx, KindChallenge)
 		if err != nil {
 			logger.Warn("listing challenges for clean-up", zap.Error(err))
 		} else {
 			ids, listedAll = append(ids, all...), true
+		}
+	}
+	if !listedAll {
+		err = Reader{s: s}.walkBuckets(ctx, s.inflightDir(KindChallenge), "", func(id string) (bool, error) {
+			ids = append(ids, id)
+			return false, nil
+		})
+		if err != nil {
+			logger.Warn("listing the challenges in flight", zap.Error(err))
 		}
 	}
 	slices.Sort(ids)
@@ -146,6 +148,11 @@ func (j *judge) ownerOf(ctx context.Context, ch *Challenge) ownerView {
 // the challenge will become abandoned, if it is watched for that.
 func (j *judge) examine(ctx context.Context, id string, now time.Time) time.Time {
 	m := j.m
+	if j.e.runs(j.s, id) {
+		// this process runs it: its run ends it, or reports it
+		m.unwatch(id)
+		return time.Time{}
+	}
 	var ch Challenge
 	if err := j.s.load(ctx, KindChallenge, id, &ch); err != nil {
 		if isNotExist(err) || errors.Is(err, ErrCorrupt) {
