@@ -427,8 +427,11 @@ func (iss *Issuer) IssuerKey() string {
 	return iss.issuerKey
 }
 
-// PreCheck refuses, before any ACME call, names this issuer can never obtain
-// with its enabled challenge types. Refusals are final (certmagic.ErrNoRetry).
+// PreCheck refuses, before anything touches storage or the CA, names
+// certflow does not accept (issuer.CheckName: a name that is not a valid DNS
+// name or IP address in canonical form, or whose storage key another name
+// has) and names this issuer can never obtain with its enabled challenge
+// types. Refusals are final (certmagic.ErrNoRetry).
 func (iss *Issuer) PreCheck(_ context.Context, names []string, _ bool) error {
 	types := iss.challengeTypes()
 	for _, name := range names {
