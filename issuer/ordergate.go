@@ -124,6 +124,9 @@ func (e *Engine) recordBlock(ctx context.Context, s store, until time.Time, reas
 	var stored blockRecord
 	if err := s.load(ctx, kindBlocks, e.cfg.accountUser(), &stored); err == nil && !stored.Until.Before(mem.Until) {
 		return
+	} else if errors.Is(err, ErrNewerSchema) {
+		e.logger.Warn("not recording the CA's rate limit over a record a newer certflow wrote", zap.Error(err))
+		return
 	}
 	if err := s.save(ctx, kindBlocks, e.cfg.accountUser(), mem); err != nil {
 		e.logger.Error("recording the CA's rate limit", zap.Error(err))

@@ -174,6 +174,8 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 		nextAttempt = held.Until
 	case errors.Is(cause, ErrQueueFull):
 		// this process's capacity, not the name's fault
+	case errors.Is(cause, ErrNewerSchema):
+		// a record a newer certflow wrote (a rolling upgrade): nobody's fault
 	default:
 		w.rec.Failures++
 		wait := backoffFor(w.rec.Failures, w.opts.BackoffInitial, w.opts.BackoffMax)
