@@ -66,7 +66,12 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 	}
 	rec, err := w.loadNameRecord(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", w.name, err)
+		err = fmt.Errorf("%s: %w", w.name, err)
+		if w.req.OnDemand && errors.Is(err, ErrNewerSchema) {
+			// a newer certflow owns the record: no retry here can help
+			return nil, certmagic.ErrNoRetry{Err: err}
+		}
+		return nil, err
 	}
 	w.rec = rec
 
