@@ -36,7 +36,9 @@ func init() {
 //	GET  /certflow/orders                Orders, newest first
 //	GET  /certflow/challenges            Challenges, newest first
 //	GET  /certflow/status/<name>         where one name stands (see nameStatus)
-//	POST /certflow/retry/<name>          clear the name's failure backoff
+//	POST /certflow/retry/<name>          clear the name's failure backoff and its own hold
+//	GET  /certflow/holds                 holds on names, registered domains and accounts
+//	DELETE /certflow/holds/<key>         clear one hold (see admin_holds.go)
 //
 // A <name> (and ?name=) is read as issuer.NormalizeName reads it (lower
 // case, punycode, no trailing dot, canonical IP addresses); a name certflow
@@ -45,9 +47,10 @@ func init() {
 // Reads change nothing in storage: a record that is corrupt, or that a
 // newer certflow wrote (a rolling upgrade), is shown in the status's
 // "problems" and left where it is. POST retry does not wait for an
-// issuance of the name in flight: it answers 409 at once, clearing
-// nothing, because that issuance is the retry and its outcome replaces the
-// backoff. It also answers 409 for a record a newer certflow wrote.
+// issuance of the name in flight: it clears the name's holds and answers
+// 409 at once, leaving the backoff alone, because that issuance is the
+// retry and its outcome replaces the backoff. It also answers 409 for a
+// name record a newer certflow wrote.
 //
 // The lists take ?name= (the certificate's name; for challenges the
 // identifier), ?state= (challenge states also with '_' for '-', e.g.
@@ -139,6 +142,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.handleStatus(w, r, arg)
+	case first == "holds":
+		return a.handleHolds(w, r, arg)
 	case hasArg && first == "retry":
 		if err := allowMethod(r, http.MethodPost); err != nil {
 			return err
@@ -330,6 +335,11 @@ type NameStatus struct {
 	Failing bool `json:"failing"`
 	// NextAttempt is when a failing name may be tried again.
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	// Holds are the holds in force over the name (its own, its registered
+	// domain's, the account's) and Circuits this process's circuits to the
+	// CA that are open.
+	Holds    []issuer.Hold `json:"holds,omitempty"`
+	Circuits []CircuitView `json:"circuits,omitempty"`
 }
 
 // CertificateInfo describes the stored certificate of a name.
@@ -413,7 +423,11 @@ func (a *adminAPI) status(ctx context.Context, name string) (*NameStatus, error)
 			return nil, caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: firstErr}
 		}
 		if certOnly != nil {
+			addHolds(ctx, certOnly, sourceOf(srcs, certOnly.IssuerKey))
 			return certOnly, nil
+		}
+		if held := holdsOnlyStatus(ctx, srcs, name); held != nil {
+			return held, nil
 		}
 		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%w: %s", issuer.ErrUnknownName, name)}
 	}
@@ -422,6 +436,7 @@ func (a *adminAPI) status(ctx context.Context, name string) (*NameStatus, error)
 	if best.Record != nil && best.Record.NextAttempt.After(time.Now()) {
 		best.NextAttempt = best.Record.NextAttempt
 	}
+	addHolds(ctx, best, bestSrc)
 	return best, nil
 }
 
@@ -503,13 +518,18 @@ func (a *adminAPI) handleRetry(w http.ResponseWriter, r *http.Request, rawName s
 			cleared++
 		case errors.Is(err, issuer.ErrUnknownName):
 		case errors.Is(err, issuer.ErrInFlight):
-			conflict = fmt.Errorf("%w; nothing was cleared: that issuance is the retry, and its outcome replaces the backoff "+
-				"(none if it succeeds); if it fails, ask again once it has ended", err)
+			conflict = fmt.Errorf("%w; its holds were cleared, its backoff was not: that issuance is the retry, and its outcome "+
+				"replaces the backoff (none if it succeeds); if it fails, ask again once it has ended", err)
 		case errors.Is(err, issuer.ErrNewerSchema):
 			conflict = fmt.Errorf("not clearing the backoff of %s: %w; clear it through a node running that version", name, err)
 		default:
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("clearing the backoff of %s: %w", name, err)}
 		}
+	}
+	// holds are not an issuance's to write: cleared even while one is in
+	// flight (a managed issuance may be waiting for this very hold)
+	if err := clearNameHolds(r.Context(), srcs, name); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("clearing the hold on %s: %w", name, err)}
 	}
 	if conflict != nil {
 		return caddy.APIError{HTTPStatus: http.StatusConflict, Err: conflict}

@@ -474,7 +474,7 @@ func copyObject(r map[string]any) map[string]any {
 
 // TestRetryAnswersWhileIssuanceInFlight: POST /certflow/retry/<name> while
 // the name's issuance is held in a failing self-check answers at once (409,
-// saying an issuance is in flight and that nothing was cleared) instead of
+// saying an issuance is in flight and its backoff was not cleared) instead of
 // waiting for certmagic's lock on the name; once the issuance ends the
 // handshake gets its certificate and a retry answers 200.
 func TestRetryAnswersWhileIssuanceInFlight(t *testing.T) {
@@ -509,7 +509,7 @@ func TestRetryAnswersWhileIssuanceInFlight(t *testing.T) {
 	_ = json.NewDecoder(resp.Body).Decode(&answer)
 	resp.Body.Close()
 	t.Logf("POST retry while in flight: HTTP %d in %s: %s", resp.StatusCode, took.Round(time.Millisecond), answer.Error)
-	if resp.StatusCode != http.StatusConflict || !strings.Contains(answer.Error, "in flight") || !strings.Contains(answer.Error, "nothing was cleared") {
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(answer.Error, "in flight") || !strings.Contains(answer.Error, "its backoff was not") {
 		t.Errorf("POST retry while in flight: HTTP %d %q; want 409 saying an issuance is in flight", resp.StatusCode, answer.Error)
 	}
 	if chs := e.resources(issuer.KindChallenge, name); len(chs) != 1 || isFinalChallenge(chs[0].str("state")) {

@@ -33,7 +33,8 @@ func decodeResource(kind, id string, b []byte, v any) error {
 		return fmt.Errorf("decoding: %w", err)
 	}
 	if head.Version > SchemaVersion {
-		return fmt.Errorf("%w (schema version %d; this one knows %d): left in place", ErrNewerSchema, head.Version, SchemaVersion)
+		// not this binary's to judge, and not the name's failure
+		return charge(PartyNobody, fmt.Errorf("%w (schema version %d; this one knows %d): left in place", ErrNewerSchema, head.Version, SchemaVersion))
 	}
 	if head.Version != SchemaVersion {
 		return fmt.Errorf("schema version %d, want %d", head.Version, SchemaVersion)
@@ -62,16 +63,6 @@ func (s store) inspect(ctx context.Context, kind, id string, v any) error {
 			return fmt.Errorf("%s: %w", key, err)
 		}
 		return fmt.Errorf("%w: %s: %w (left in place; the next issuance of the name sets it aside)", ErrCorrupt, key, err)
-	}
-	return nil
-}
-
-// storeAnswers is confirmAbsent for reads: the sentinel the workflow wrote
-// must read back before a missing key is believed. It only reads.
-func (s store) storeAnswers(ctx context.Context, missing string) error {
-	if _, err := s.storage.Load(ctx, s.sentinelKey()); err != nil {
-		return fmt.Errorf("%w: %s reads as missing, but the store is not answering (sentinel %s: %w)",
-			ErrStorage, missing, s.sentinelKey(), err)
 	}
 	return nil
 }

@@ -71,7 +71,7 @@ func TestStatusAndListsChangeNothing(t *testing.T) {
 	dir := t.TempDir()
 	s := store{storage: &certmagic.FileStorage{Path: dir}, issuerKey: "certflow-test"}
 	t.Cleanup(func() { FlushIndex(time.Minute) })
-	if err := s.ensureSentinel(ctx); err != nil {
+	if err := writeSentinel(ctx, s); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
@@ -224,7 +224,7 @@ func TestClearBackoffDoesNotWaitForAnIssuance(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := testStore(t)
 			s.storage = tc.wrap(s.storage)
-			if err := s.ensureSentinel(ctx); err != nil {
+			if err := writeSentinel(ctx, s); err != nil {
 				t.Fatal(err)
 			}
 			rec := &NameRecord{Version: SchemaVersion, Name: "x.test", Failures: 3, NextAttempt: time.Now().Add(time.Hour)}
