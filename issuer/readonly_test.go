@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -207,6 +208,51 @@ func TestWorkflowLeavesNewerRecords(t *testing.T) {
 // noTryLock hides a storage's TryLock, like a backend without one.
 type noTryLock struct{ certmagic.Storage }
 
+// lockingStorage is a memStorage whose locks exclude as a real backend's
+// do: Lock polls until the lock is free or ctx ends, TryLock never waits.
+// Unlike certmagic's FileStorage it leaves no goroutine behind (that one
+// keeps a lock file fresh for up to 5 s after it is released), which the
+// goroutine counts of the scheduler's memory test would see.
+type lockingStorage struct {
+	*memStorage
+	mu   sync.Mutex
+	held map[string]bool
+}
+
+func newLockingStorage() *lockingStorage {
+	return &lockingStorage{memStorage: newMemStorage(), held: map[string]bool{}}
+}
+
+func (s *lockingStorage) TryLock(_ context.Context, name string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[name] {
+		return false, nil
+	}
+	s.held[name] = true
+	return true, nil
+}
+
+func (s *lockingStorage) Lock(ctx context.Context, name string) error {
+	for {
+		if ok, _ := s.TryLock(ctx, name); ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (s *lockingStorage) Unlock(_ context.Context, name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.held, name)
+	return nil
+}
+
 // TestClearBackoffDoesNotWaitForAnIssuance: while certmagic's lock on the
 // name is held (an issuance in flight) ClearBackoff answers ErrInFlight at
 // once and changes nothing; the lock is not left taken by the probe; once
@@ -222,8 +268,7 @@ func TestClearBackoffDoesNotWaitForAnIssuance(t *testing.T) {
 		{"without TryLock", func(s certmagic.Storage) certmagic.Storage { return noTryLock{s} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := testStore(t)
-			s.storage = tc.wrap(s.storage)
+			s := store{storage: tc.wrap(newLockingStorage()), issuerKey: "certflow-test"}
 			if err := writeSentinel(ctx, s); err != nil {
 				t.Fatal(err)
 			}
@@ -236,8 +281,12 @@ func TestClearBackoffDoesNotWaitForAnIssuance(t *testing.T) {
 			if err := s.storage.Lock(ctx, lock); err != nil { // the issuance in flight
 				t.Fatal(err)
 			}
+			// bounded, so that a ClearBackoff that waits for the lock fails
+			// the test instead of hanging it
+			bounded, cancelBounded := context.WithTimeout(ctx, 10*time.Second)
+			defer cancelBounded()
 			start := time.Now()
-			err := r.ClearBackoff(ctx, "x.test")
+			err := r.ClearBackoff(bounded, "x.test")
 			took := time.Since(start)
 			if !errors.Is(err, ErrInFlight) {
 				t.Fatalf("ClearBackoff while the name is locked: %v, want ErrInFlight", err)
