@@ -40,8 +40,12 @@ func newACMEClient(cfg AccountConfig) (*acme.Client, error) {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
+	proxy := cfg.Proxy
+	if proxy == nil {
+		proxy = http.ProxyFromEnvironment
+	}
 	transport := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
+		Proxy:                 proxy,
 		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:       tlsConfig,
 		TLSHandshakeTimeout:   15 * time.Second,

@@ -207,13 +207,15 @@ func (c *challengeRun) selfCheck(ctx context.Context, tuning solvers.SelfCheckTu
 // milliseconds and backing off, or waiting as long as the CA's Retry-After.
 func (c *challengeRun) await(ctx context.Context) error {
 	w := c.r.w
+	ctx, cancel := w.opts.decisionContext(ctx)
+	defer cancel()
 	accepted := time.Now()
 	w.engine.validation.awaiting.Add(1)
 	defer w.engine.validation.awaiting.Add(-1)
 	step := w.engine.validation.pollStep()
 	select {
 	case <-ctx.Done():
-		return c.fail(ctx, fmt.Errorf("waiting for the CA to validate: %w", ctx.Err()))
+		return c.fail(ctx, fmt.Errorf("waiting for the CA to validate: %w", context.Cause(ctx)))
 	case <-time.After(w.engine.validation.firstPollWait()):
 	}
 	for n := 0; ; n++ {
@@ -246,7 +248,7 @@ func (c *challengeRun) await(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return c.fail(ctx, fmt.Errorf("waiting for the CA to validate: %w", ctx.Err()))
+			return c.fail(ctx, fmt.Errorf("waiting for the CA to validate: %w", context.Cause(ctx)))
 		case <-time.After(pollWaitFrom(step, n, retryAfter)):
 		}
 	}

@@ -63,6 +63,10 @@ func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error
 	o.indexed = indexUnknown
 	switch o.State {
 	case OrderPending, OrderReady:
+		if why := w.orderTermsChanged(&o); why != "" {
+			w.replaceOrder(ctx, &o, why)
+			return nil, nil
+		}
 	case OrderProcessing:
 		// finalized (or being finalized) with the CSR of an earlier
 		// attempt, whose private key is gone: useless to this request
@@ -119,9 +123,13 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 			return nil, err
 		}
 		start = time.Now()
-		err := callCANoWaitOn429(ctx, "creating order", func(ctx context.Context) error {
+		tmpl, err := w.newOrderTemplate(ctx)
+		if err != nil {
+			return nil, err
+		}
+		err = callCANoWaitOn429(ctx, "creating order", func(ctx context.Context) error {
 			var err error
-			created, err = w.engine.client.NewOrder(ctx, w.acct, acme.Order{Identifiers: w.ids})
+			created, err = w.engine.client.NewOrder(ctx, w.acct, tmpl)
 			return err
 		})
 		var limited *RateLimitedError
@@ -155,6 +163,7 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 		Expires:        created.Expires,
 		Created:        now,
 	}
+	recordOrderTerms(o, created)
 	if created.Status == acme.StatusReady {
 		// the CA already holds every authorization as valid: no challenge
 		o.ReusedAuthzs = len(created.Authorizations)
@@ -473,7 +482,7 @@ func (r *orderRun) finalize(ctx context.Context) (*certmagic.IssuedCertificate, 
 	if len(chains) == 0 {
 		return nil, r.fail(ctx, OrderErrored, errors.New("the CA returned no certificate chain"))
 	}
-	chain := chains[0]
+	chain := r.preferredChain(chains)
 	if err := leafMatchesCSR(chain.ChainPEM, w.req.CSR); err != nil {
 		return nil, r.fail(ctx, OrderErrored, err)
 	}
@@ -492,6 +501,8 @@ func (r *orderRun) finalize(ctx context.Context) (*certmagic.IssuedCertificate, 
 // Cancelling it then is safe: the finalize request has been answered.
 func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 	w := r.w
+	ctx, cancelDecision := w.opts.decisionContext(ctx)
+	defer cancelDecision()
 	finCtx, cancelFinalize := context.WithCancel(ctx)
 	defer cancelFinalize()
 	// poll only once the finalize request has been answered: polling
@@ -519,7 +530,7 @@ func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 		return res.order, res.err
 	case <-ctx.Done():
 		<-finalized
-		return acme.Order{}, fmt.Errorf("finalizing the order: %w", ctx.Err())
+		return acme.Order{}, fmt.Errorf("finalizing the order: %w", context.Cause(ctx))
 	}
 	var retryAfter time.Duration
 	for n := 0; ; n++ {
@@ -531,7 +542,7 @@ func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 		case <-ctx.Done():
 			timer.Stop()
 			<-finalized
-			return acme.Order{}, fmt.Errorf("waiting for the order to be issued: %w", ctx.Err())
+			return acme.Order{}, fmt.Errorf("waiting for the order to be issued: %w", context.Cause(ctx))
 		case <-timer.C:
 		}
 		var polled acme.Order

@@ -1,0 +1,109 @@
+package issuer
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/mholt/acmez/v3/acme"
+)
+
+// What a new-order request carries besides the identifiers: the ACME
+// profile and the certificate's notAfter, as the stock acme issuer sends
+// them (certmagic v0.25.6 ACMEIssuer.doIssue).
+
+// ProfileError is a profile the CA's directory does not offer. It is
+// decided when an order is made, never when the config is loaded, so a
+// reload does not depend on the CA being reachable.
+type ProfileError struct {
+	Profile string
+	Offered []string // sorted; empty when the CA offers no profiles
+}
+
+func (e *ProfileError) Error() string {
+	if len(e.Offered) == 0 {
+		return fmt.Sprintf("ACME profile %q: the CA's directory offers no profiles; remove profile", e.Profile)
+	}
+	return fmt.Sprintf("ACME profile %q is not offered by the CA; its directory offers: %s",
+		e.Profile, strings.Join(e.Offered, ", "))
+}
+
+// newOrderTemplate returns the new-order request for this workflow: its
+// identifiers, the policy's profile once checked against the CA's
+// directory, and notAfter from the certificate lifetime, counted from now.
+func (w *workflow) newOrderTemplate(ctx context.Context) (acme.Order, error) {
+	tmpl := acme.Order{Identifiers: w.ids, Profile: w.opts.Profile}
+	if tmpl.Profile != "" {
+		if err := w.engine.checkProfile(ctx, tmpl.Profile); err != nil {
+			return acme.Order{}, err
+		}
+	}
+	if lifetime := w.opts.CertificateLifetime; lifetime > 0 {
+		notAfter := time.Now().Add(lifetime).Truncate(time.Second).UTC()
+		tmpl.NotAfter = &notAfter
+	}
+	return tmpl, nil
+}
+
+// checkProfile makes sure the CA's directory offers profile. acmez caches
+// the directory, so this costs a request only the first time (and every
+// 12 hours).
+func (e *Engine) checkProfile(ctx context.Context, profile string) error {
+	var dir acme.Directory
+	err := callCA(ctx, "reading the CA's directory for its profiles", func(ctx context.Context) error {
+		var err error
+		dir, err = e.client.GetDirectory(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	var offered []string
+	if dir.Meta != nil {
+		for name := range dir.Meta.Profiles {
+			offered = append(offered, name)
+		}
+	}
+	if slices.Contains(offered, profile) {
+		return nil
+	}
+	slices.Sort(offered)
+	return &ProfileError{Profile: profile, Offered: offered}
+}
+
+// recordOrderTerms notes on the Order what the CA says it will issue: the
+// profile (which a CA may choose when none was asked for) and notAfter.
+func recordOrderTerms(o *Order, created acme.Order) {
+	o.Profile = created.Profile
+	if created.NotAfter != nil && !created.NotAfter.IsZero() {
+		notAfter := created.NotAfter.UTC()
+		o.NotAfter = &notAfter
+	}
+}
+
+// orderTermsChanged says why a stored order no longer fits the policy, or
+// "" when it still does: an order made for another profile than the one now
+// configured is replaced rather than resumed.
+func (w *workflow) orderTermsChanged(o *Order) string {
+	if want := w.opts.Profile; want != "" && o.Profile != want {
+		if o.Profile == "" {
+			return fmt.Sprintf("it was made without a profile and the policy now asks for %q", want)
+		}
+		return fmt.Sprintf("it was made for profile %q and the policy now asks for %q", o.Profile, want)
+	}
+	return ""
+}
+
+// decisionContext bounds how long the CA may take to decide (to validate an
+// accepted challenge, or to issue a finalized order) by the policy's
+// acme_timeout, the stock acme issuer's polling timeout. Without one, only
+// the challenge timeout and the request's own deadline apply.
+func (o *Options) decisionContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if o.PollTimeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeoutCause(ctx, o.PollTimeout,
+		fmt.Errorf("the CA did not decide within acme_timeout %s: %w", o.PollTimeout, context.DeadlineExceeded))
+}
