@@ -3,10 +3,12 @@ package certflow
 import (
 	"net"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/mholt/acmez/v3/acme"
 )
 
@@ -15,12 +17,25 @@ import (
 //	... certflow [<directory_url>] {
 //	    dir <directory_url>
 //	    email <address>
+//	    profile <name>
+//	    lifetime <duration>
+//	    preferred_chains [smallest] {
+//	        root_common_name <common_names...>
+//	        any_common_name  <common_names...>
+//	    }
 //	    eab <key_id> <mac_key>
-//	    account_key <pem_file>
+//	    account_key <pem>
+//	    account_key_file <pem_file>
 //	    trusted_roots <pem_files...>
 //	    timeout <duration>
+//	    request_timeout <duration>
 //	    disable_http_challenge
 //	    disable_tlsalpn_challenge
+//	    enable_http_challenge
+//	    enable_tlsalpn_challenge
+//	    alt_http_port <port>
+//	    alt_tlsalpn_port <port>
+//	    distributed false
 //	    max_concurrent_challenges <n>
 //	    max_queued_challenges <n>
 //	    challenge_timeout <duration>
@@ -48,7 +63,17 @@ import (
 //	}
 //
 // The directory URL may be given as the argument or with dir, not both.
-// timeout is the timeout of each request to the CA (acme_timeout in JSON).
+// The options the stock acme issuer has too keep its names and meanings:
+// profile, lifetime (certificate_lifetime in JSON), preferred_chains (the
+// stock grammar), timeout (acme_timeout: how long the CA may take to
+// validate or issue), alt_http_port, alt_tlsalpn_port and distributed false
+// (accepted, not needed: certflow starts no listener and always answers
+// through storage). account_key takes the account's PEM key itself, as the
+// stock JSON does (e.g. {env.ACME_ACCOUNT_KEY}); account_key_file reads it
+// from a file. test_dir is refused: certflow has no test-CA fallback.
+// request_timeout is the timeout of each request to the CA. As in the stock
+// issuer, dns makes dns-01 the only challenge type; enable_http_challenge
+// and enable_tlsalpn_challenge keep http-01 or tls-alpn-01 beside it.
 // Durations and counts must be positive. order_rate_limit holds new orders
 // to <orders> per <window> for the account in this process (default: the
 // limit a well-known public CA publishes; off turns it off). trusted_roots and self_check may be
@@ -99,9 +124,93 @@ func (iss *Issuer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			iss.ExternalAccount = eab
 
 		case "account_key":
+			if !d.AllArgs(&iss.AccountKey) {
+				return d.ArgErr()
+			}
+			if !strings.Contains(iss.AccountKey, "-----BEGIN") && !strings.Contains(iss.AccountKey, "{") {
+				return d.Errf("account_key takes the account's PEM-encoded private key itself, as the stock acme "+
+					"issuer's account_key (e.g. {env.ACME_ACCOUNT_KEY}); to read it from a file, write "+
+					"account_key_file %s", iss.AccountKey)
+			}
+
+		case "account_key_file":
 			if !d.AllArgs(&iss.AccountKeyFile) {
 				return d.ArgErr()
 			}
+
+		case "test_dir":
+			return d.Err("test_dir is not supported: certflow does not retry against a test CA before the CA " +
+				"itself; a failing name waits out its failure backoff instead. Remove test_dir")
+
+		case "profile":
+			if !d.AllArgs(&iss.Profile) {
+				return d.ArgErr()
+			}
+
+		case "lifetime":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil {
+				return d.Errf("invalid lifetime duration '%s': %v", s, err)
+			}
+			if dur < 0 {
+				return d.Errf("invalid lifetime duration '%s': must not be negative", s)
+			}
+			iss.CertificateLifetime = caddy.Duration(dur)
+
+		case "preferred_chains":
+			pref, err := caddytls.ParseCaddyfilePreferredChainsOptions(d)
+			if err != nil {
+				return err
+			}
+			iss.PreferredChains = pref
+
+		case "request_timeout":
+			dur, err := durationArg(d, opt)
+			if err != nil {
+				return err
+			}
+			iss.RequestTimeout = dur
+
+		case "enable_http_challenge":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			iss.typeConfig(&iss.challenges().HTTP).Enabled = true
+
+		case "enable_tlsalpn_challenge":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			iss.typeConfig(&iss.challenges().TLSALPN).Enabled = true
+
+		case "alt_http_port":
+			port, err := portArg(d, opt)
+			if err != nil {
+				return err
+			}
+			iss.typeConfig(&iss.challenges().HTTP).AlternatePort = port
+
+		case "alt_tlsalpn_port":
+			port, err := portArg(d, opt)
+			if err != nil {
+				return err
+			}
+			iss.typeConfig(&iss.challenges().TLSALPN).AlternatePort = port
+
+		case "distributed":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			if v != "false" {
+				return d.Errf("distributed takes only 'false' (answers are always distributed through storage), not '%s'", v)
+			}
+			distributed := false
+			iss.challenges().Distributed = &distributed
 
 		case "trusted_roots":
 			files := d.RemainingArgs()
@@ -121,13 +230,13 @@ func (iss *Issuer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			iss.challenges().HTTP = &ChallengeTypeConfig{Disabled: true}
+			iss.typeConfig(&iss.challenges().HTTP).Disabled = true
 
 		case "disable_tlsalpn_challenge":
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			iss.challenges().TLSALPN = &ChallengeTypeConfig{Disabled: true}
+			iss.typeConfig(&iss.challenges().TLSALPN).Disabled = true
 
 		case "max_concurrent_challenges":
 			n, err := countArg(d, opt)
@@ -189,9 +298,30 @@ func (iss *Issuer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 	if c := iss.Challenges; c != nil && c.DNS != nil && c.DNS.ProviderRaw == nil {
 		return d.Err("the DNS challenge options need a DNS provider: add 'dns <provider>' " +
-			"(Caddy's global dns option does not reach certflow)")
+			"(the provider of Caddy's global dns option does not reach certflow)")
+	}
+	for _, t := range []*ChallengeTypeConfig{iss.challengesOrNil().HTTP, iss.challengesOrNil().TLSALPN} {
+		if t != nil && t.Disabled && t.Enabled {
+			return d.Err("a challenge type is both disabled and enabled: keep one of disable_… and enable_…")
+		}
 	}
 	return nil
+}
+
+// challengesOrNil returns iss.Challenges or an empty config, never nil.
+func (iss *Issuer) challengesOrNil() *ChallengesConfig {
+	if iss.Challenges == nil {
+		return new(ChallengesConfig)
+	}
+	return iss.Challenges
+}
+
+// typeConfig returns *field, allocating it first if needed.
+func (iss *Issuer) typeConfig(field **ChallengeTypeConfig) *ChallengeTypeConfig {
+	if *field == nil {
+		*field = new(ChallengeTypeConfig)
+	}
+	return *field
 }
 
 // challenges returns iss.Challenges, allocating it first if needed.

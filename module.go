@@ -49,15 +49,62 @@ type Issuer struct {
 	// the stock acme issuer already stored for the same CA and email is used.
 	Email string `json:"email,omitempty"`
 
+	// The stock acme issuer's test CA, tried on retries before the CA
+	// itself. certflow refuses it: a failing name waits out its failure
+	// backoff instead (and the self-check catches most mistakes before
+	// the CA sees them), so there is nothing to fall back to.
+	TestCA string `json:"test_ca,omitempty"`
+
+	// The ACME profile to ask for in new orders, one the CA's directory
+	// offers (e.g. Let's Encrypt's "shortlived", which it requires for IP
+	// address certificates). It is checked against the directory when an
+	// order is made, not when the config is loaded; an order for a
+	// profile the CA does not offer fails, naming the profiles it offers.
+	// Default: none (the CA chooses).
+	Profile string `json:"profile,omitempty"`
+
+	// The PEM-encoded private key of an existing ACME account, used
+	// instead of the one found or created for the email (the account is
+	// looked up by the key, and registered if the CA has none for it).
+	// Placeholders are expanded, e.g. {env.ACME_ACCOUNT_KEY} or
+	// {file./etc/caddy/account.pem}.
+	AccountKey string `json:"account_key,omitempty"`
+
 	// A file holding the PEM-encoded private key of an existing ACME
-	// account to use instead of the one found or created for the email.
+	// account: account_key, read from a file. At most one of the two.
 	AccountKeyFile string `json:"account_key_file,omitempty"`
 
 	// External account binding credentials, if the CA requires them.
 	ExternalAccount *acme.EAB `json:"external_account,omitempty"`
 
-	// Timeout of each HTTP request to the CA. Default: 30s.
+	// How long the CA may take to decide, as in the stock acme issuer:
+	// to validate a challenge once certflow asked it to, and to issue the
+	// certificate once the order is finalized. Default: no bound of its
+	// own (challenge_timeout and the handshake's patience apply).
+	// Before certflow took the stock meaning, this was the timeout of each
+	// request to the CA, which is now request_timeout.
 	ACMETimeout caddy.Duration `json:"acme_timeout,omitempty"`
+
+	// Timeout of each HTTP request to the CA. Default: 30s.
+	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
+
+	// Which of the chains the CA offers to use, with the stock acme
+	// issuer's rules: smallest sorts them by size; then the first chain
+	// with a certificate issued by one of any_common_name, else the first
+	// whose root is one of root_common_name; else the first. Default: the
+	// CA's default chain.
+	PreferredChains *caddytls.ChainPreference `json:"preferred_chains,omitempty"`
+
+	// The validity to ask the CA for: new orders carry notAfter = the time
+	// the order is made + this. Not every CA honours it. Default: 0 (the
+	// CA or the profile decides).
+	CertificateLifetime caddy.Duration `json:"certificate_lifetime,omitempty"`
+
+	// A caddy.network_proxy module through which certflow reaches the CA
+	// (e.g. {"from": "url", "url": "http://proxy:3128"}). Default: the
+	// environment's HTTP_PROXY, HTTPS_PROXY and NO_PROXY. The self-check
+	// never uses a proxy: the CA connects directly.
+	NetworkProxyRaw json.RawMessage `json:"network_proxy,omitempty" caddy:"namespace=caddy.network_proxy inline_key=from"`
 
 	// Files of PEM-encoded CA certificates to trust when connecting to the
 	// ACME server (for a private or test CA). Default: the system's roots.
@@ -67,7 +114,9 @@ type Issuer struct {
 	// CA offers is tried first, in the order http-01, tls-alpn-01, dns-01;
 	// when validation of one type fails, the next attempt for that name
 	// uses the next enabled type. dns-01 is enabled by configuring a DNS
-	// provider, and is the only type that can obtain wildcard names.
+	// provider, and is the only type that can obtain wildcard names. As
+	// in the stock acme issuer, a DNS provider makes dns-01 the only type,
+	// unless http or tls-alpn is explicitly enabled.
 	Challenges *ChallengesConfig `json:"challenges,omitempty"`
 
 	// How certflow checks, before asking the CA to validate, that a
@@ -113,6 +162,10 @@ type Issuer struct {
 	// into it) and never nil after.
 	shadow *caddytls.ACMEIssuer
 
+	// globals receives Caddy's global ACME options while a Caddyfile is
+	// adapted (see globaloptions.go); nil otherwise.
+	globals *caddytls.ACMEIssuer
+
 	engine    *issuer.Engine
 	engineKey string
 	solverCfg solvers.Config
@@ -132,12 +185,32 @@ type ChallengesConfig struct {
 	TLSALPN *ChallengeTypeConfig `json:"tls-alpn,omitempty"`
 	// DNS-01 settings. DNS-01 is enabled when a provider is configured.
 	DNS *DNSChallengeConfig `json:"dns,omitempty"`
+
+	// The stock acme issuer's host to bind its own challenge listeners
+	// to. Accepted and not needed: certflow starts no listener, Caddy's
+	// own servers answer HTTP-01 and TLS-ALPN-01 from storage.
+	BindHost string `json:"bind_host,omitempty"`
+
+	// The stock acme issuer's switch for answering challenges through
+	// storage. Accepted and not needed: certflow always presents answers
+	// in storage, where every Caddy instance sharing it answers them.
+	Distributed *bool `json:"distributed,omitempty"`
 }
 
 // ChallengeTypeConfig configures one challenge type.
 type ChallengeTypeConfig struct {
 	// Never use this challenge type.
 	Disabled bool `json:"disabled,omitempty"`
+
+	// Use this type even when a DNS provider is configured (which, as in
+	// the stock acme issuer, otherwise makes dns-01 the only type).
+	Enabled bool `json:"enabled,omitempty"`
+
+	// The stock acme issuer's port for its own challenge listener.
+	// Accepted and not needed: certflow starts no listener; Caddy's HTTP
+	// server (HTTP-01, on its http_port) and TLS handshakes (TLS-ALPN-01,
+	// on its https_port) answer, and the CA must reach them on 80 and 443.
+	AlternatePort int `json:"alternate_port,omitempty"`
 }
 
 // DNSChallengeConfig configures the DNS-01 challenge, with the names of the
@@ -260,9 +333,12 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 	iss.options = new(atomic.Pointer[issuer.Options])
 
 	repl := caddy.NewReplacer()
-	for _, field := range []*string{&iss.CA, &iss.Email, &iss.AccountKeyFile} {
+	for _, field := range []*string{&iss.CA, &iss.Email, &iss.AccountKeyFile, &iss.AccountKey} {
 		v, err := repl.ReplaceOrErr(*field, true, true)
 		if err != nil {
+			if field == &iss.AccountKey {
+				return fmt.Errorf("expanding placeholders in account_key: %w", err) // never echo a key
+			}
 			return fmt.Errorf("expanding placeholders in %q: %w", *field, err)
 		}
 		*field = v
@@ -289,9 +365,13 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 		CA:                   iss.CA,
 		Email:                iss.Email,
 		AccountKeyFile:       iss.AccountKeyFile,
+		AccountKeyPEM:        iss.AccountKey,
 		EAB:                  iss.ExternalAccount,
 		TrustedRootsPEMFiles: iss.TrustedRootsPEMFiles,
-		RequestTimeout:       time.Duration(iss.ACMETimeout),
+		RequestTimeout:       time.Duration(iss.RequestTimeout),
+	}
+	if err := iss.provisionStockOptions(ctx, &account); err != nil {
+		return err
 	}
 	if l := iss.OrderRateLimit; l != nil {
 		account.OrderRateLimit = issuer.OrderRateLimit{Orders: l.Orders, Window: time.Duration(l.Window), Disabled: l.Disabled}
@@ -327,6 +407,9 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration for mistakes Provision does not catch.
 func (iss *Issuer) Validate() error {
+	if err := iss.validateStockOptions(); err != nil {
+		return err
+	}
 	if len(iss.challengeTypes()) == 0 {
 		return errors.New("every challenge type is disabled: enable http-01 or tls-alpn-01, or configure dns-01 with a DNS provider")
 	}
@@ -392,6 +475,7 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 		ChallengeTimeout:  time.Duration(iss.ChallengeTimeout),
 		Logger:            iss.logger,
 	}
+	iss.stockOrderOptions(opts) // profile, lifetime, preferred chains, acme_timeout
 	if b := iss.FailureBackoff; b != nil {
 		opts.BackoffInitial, opts.BackoffMax = time.Duration(b.Initial), time.Duration(b.Max)
 	}
@@ -409,10 +493,6 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 	}
 }
 
-// GetACMEIssuer returns the private shadow issuer through which Caddy's HTTP
-// servers find our HTTP-01 tokens in storage. It is nil before Provision.
-func (iss *Issuer) GetACMEIssuer() *caddytls.ACMEIssuer { return iss.shadow }
-
 // IssuerKey returns the key under which certificates from this issuer are
 // stored: "certflow-" and the stock acme issuer's key for the same CA, so it
 // is stable, the same on every node, and never collides with the stock issuer.
@@ -427,16 +507,30 @@ func (iss *Issuer) IssuerKey() string {
 	return iss.issuerKey
 }
 
-// PreCheck refuses, before any ACME call, names this issuer can never obtain
-// with its enabled challenge types. Refusals are final (certmagic.ErrNoRetry).
+// PreCheck refuses, before any ACME call, names this issuer can never obtain:
+// names no enabled challenge type can validate, and names a well-known
+// public CA never issues (as the stock acme issuer refuses them). Refusals
+// are final (certmagic.ErrNoRetry).
 func (iss *Issuer) PreCheck(_ context.Context, names []string, _ bool) error {
-	types := iss.challengeTypes()
 	for _, name := range names {
-		if err := issuer.CanIssue(name, types); err != nil {
+		if err := iss.canIssue(name); err != nil {
 			return certmagic.ErrNoRetry{Err: err}
 		}
 	}
 	return nil
+}
+
+// canIssue reports, without any network call, whether this issuer could
+// ever obtain a certificate for name.
+func (iss *Issuer) canIssue(name string) error {
+	if err := issuer.CanIssue(name, iss.challengeTypes()); err != nil {
+		return err
+	}
+	ca := iss.CA
+	if ca == "" {
+		ca = defaultCA
+	}
+	return issuer.CanIssueFrom(ca, name)
 }
 
 // Issue obtains a certificate for the CSR by running the workflow. When a
@@ -483,20 +577,39 @@ func (iss *Issuer) selfCheck() SelfCheckConfig {
 	return *iss.SelfCheck
 }
 
-// challengeTypes lists the enabled challenge types in preference order.
+// challengeTypes lists the enabled challenge types in preference order. As
+// in the stock acme issuer, a DNS provider makes dns-01 the only type,
+// unless http-01 or tls-alpn-01 is explicitly enabled.
 func (iss *Issuer) challengeTypes() []string {
 	var types []string
 	c := iss.Challenges
-	if c == nil || c.HTTP == nil || !c.HTTP.Disabled {
+	if c == nil {
+		c = new(ChallengesConfig)
+	}
+	dns := iss.dnsEnabled()
+	if c.HTTP.use(dns) {
 		types = append(types, acme.ChallengeTypeHTTP01)
 	}
-	if c == nil || c.TLSALPN == nil || !c.TLSALPN.Disabled {
+	if c.TLSALPN.use(dns) {
 		types = append(types, acme.ChallengeTypeTLSALPN01)
 	}
-	if iss.dnsEnabled() {
+	if dns {
 		types = append(types, acme.ChallengeTypeDNS01)
 	}
 	return types
+}
+
+// use reports whether a challenge type with this config (nil: none) is
+// enabled, given whether a DNS provider is configured.
+func (c *ChallengeTypeConfig) use(dnsProvider bool) bool {
+	switch {
+	case c != nil && c.Disabled:
+		return false
+	case dnsProvider:
+		return c != nil && c.Enabled
+	default:
+		return true
+	}
 }
 
 // provisionDNS expands placeholders in the DNS override domain and loads
@@ -517,7 +630,8 @@ func (iss *Issuer) provisionDNS(ctx caddy.Context, repl *caddy.Replacer) error {
 	}
 	if dnsCfg.ProviderRaw == nil {
 		return errors.New("DNS challenge settings are given but no DNS provider: add 'dns <provider>' " +
-			"(Caddy's global dns option does not reach certflow)")
+			"(the provider of Caddy's global dns option, which acme_dns without a provider and tls { dns } " +
+			"without one refer to, does not reach certflow)")
 	}
 	val, err := ctx.LoadModule(dnsCfg, "ProviderRaw")
 	if err != nil {
