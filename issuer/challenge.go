@@ -230,7 +230,7 @@ func (c *challengeRun) await(ctx context.Context) error {
 			return err
 		})
 		if err != nil {
-			return c.fail(ctx, err)
+			return c.fail(ctx, decisionError(ctx, err))
 		}
 		switch authz.Status {
 		case acme.StatusValid:

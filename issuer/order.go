@@ -527,7 +527,7 @@ func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 	select {
 	case <-sent.ch:
 	case res := <-finalized:
-		return res.order, res.err
+		return res.order, decisionError(ctx, res.err)
 	case <-ctx.Done():
 		<-finalized
 		return acme.Order{}, fmt.Errorf("finalizing the order: %w", context.Cause(ctx))
@@ -538,7 +538,7 @@ func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 		select {
 		case res := <-finalized:
 			timer.Stop()
-			return res.order, res.err
+			return res.order, decisionError(ctx, res.err)
 		case <-ctx.Done():
 			timer.Stop()
 			<-finalized

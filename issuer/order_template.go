@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -104,6 +105,24 @@ func (o *Options) decisionContext(ctx context.Context) (context.Context, context
 	if o.PollTimeout <= 0 {
 		return context.WithCancel(ctx)
 	}
-	return context.WithTimeoutCause(ctx, o.PollTimeout,
-		fmt.Errorf("the CA did not decide within acme_timeout %s: %w", o.PollTimeout, context.DeadlineExceeded))
+	return context.WithTimeoutCause(ctx, o.PollTimeout, decisionTimeout(o.PollTimeout))
+}
+
+// decisionTimeout is the cause of a decisionContext that ran out.
+type decisionTimeout time.Duration
+
+func (d decisionTimeout) Error() string {
+	return fmt.Sprintf("the CA did not decide within acme_timeout %s", time.Duration(d))
+}
+
+func (d decisionTimeout) Unwrap() error { return context.DeadlineExceeded }
+
+// decisionError says so when err happened because acme_timeout ran out
+// (a request cut short reports only "context deadline exceeded").
+func decisionError(ctx context.Context, err error) error {
+	var bound decisionTimeout
+	if err != nil && errors.As(context.Cause(ctx), &bound) {
+		return fmt.Errorf("%w: %w", bound, err)
+	}
+	return err
 }
