@@ -36,6 +36,9 @@ type envOptions struct {
 	// dnsAddr, when set, is the DNS server Pebble resolves through (e.g.
 	// BIND); otherwise the env starts its own, answering 127.0.0.1.
 	dnsAddr string
+	// tuneCA, when set, adjusts Pebble's options (profiles, roots, chains)
+	// before it starts.
+	tuneCA func(*rig.CAOptions)
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -53,7 +56,11 @@ func newEnv(t *testing.T, o envOptions) *env {
 		e.dns = startDNS(t)
 		dnsAddr = e.dns.Addr
 	}
-	e.ca = startCA(t, rig.CAOptions{HTTPPort: e.httpPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse})
+	caOpts := rig.CAOptions{HTTPPort: e.httpPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse}
+	if o.tuneCA != nil {
+		o.tuneCA(&caOpts)
+	}
+	e.ca = startCA(t, caOpts)
 	e.askURL = startAsk(t, func(name string) bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()
