@@ -1,14 +1,24 @@
 package integration
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
+
 	"github.com/certflow/certflow/integration/rig"
 )
+
+// The stock acme issuer's options whose meaning certflow took over from its
+// own: acme_timeout and account_key.
 
 // TestACMETimeoutBoundsValidation: acme_timeout has the stock acme
 // issuer's meaning, how long the CA may take to decide once asked to
@@ -53,4 +63,40 @@ func TestACMETimeoutBoundsValidation(t *testing.T) {
 	}
 	t.Logf("handshake failed after %s; the challenge waited %s for the CA", took.Round(time.Millisecond),
 		finish.Sub(accept).Round(time.Millisecond))
+}
+
+// TestAccountKeyPEM: account_key holds the account's PEM key itself, as in
+// the stock issuer. An issuer given the key registers the account for it;
+// another given the same key in a file (account_key_file) finds that
+// account instead of registering one: the CA registered exactly one.
+func TestAccountKeyPEM(t *testing.T) {
+	schedulerIdle(t)
+	e := newEnv(t, envOptions{})
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := certmagic.PEMEncodePrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "account.pem")
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	e.run(e.config(e.issuer(map[string]any{"account_key": string(keyPEM)})))
+	e.mustHandshake("pem-key.test")
+	e.reload(e.config(e.issuer(map[string]any{"account_key_file": keyFile, "email": "other@example.com"})), "pem-key.test")
+	e.mustHandshake("file-key.test")
+
+	registered := 0
+	for _, r := range e.ca.Requests() {
+		if r.Kind == rig.KindNewAccount && r.Status == http.StatusCreated {
+			registered++
+		}
+	}
+	if registered != 1 {
+		t.Errorf("the CA registered %d accounts, want 1 (the key's)", registered)
+	}
 }
