@@ -26,9 +26,10 @@ var errTestCA = errors.New("test_ca: certflow does not retry against a test CA b
 	"(the stock acme issuer's fallback): a failing name waits out its failure backoff instead, and the " +
 	"self-check catches most mistakes before the CA sees them; remove test_ca (test_dir in a Caddyfile)")
 
-// provisionStockOptions checks the account key and loads the network proxy
-// module into account, and warns about the meaning acme_timeout took.
-func (iss *Issuer) provisionStockOptions(ctx caddy.Context, account *issuer.AccountConfig) error {
+// provisionStockOptions checks the account key, loads the network proxy
+// module (iss.proxy, for the engine's HTTP client), and warns about the
+// meaning acme_timeout took.
+func (iss *Issuer) provisionStockOptions(ctx caddy.Context) error {
 	if err := checkAccountKey(iss.AccountKey, iss.AccountKeyFile); err != nil {
 		return err
 	}
@@ -36,7 +37,7 @@ func (iss *Issuer) provisionStockOptions(ctx caddy.Context, account *issuer.Acco
 		// LoadModule clears the raw JSON: take the engine pool's key first,
 		// a digest (a proxy URL may hold credentials)
 		sum := sha256.Sum256(iss.NetworkProxyRaw)
-		account.ProxyKey = "proxy:" + hex.EncodeToString(sum[:8])
+		iss.proxyKey = "proxy:" + hex.EncodeToString(sum[:8])
 		mod, err := ctx.LoadModule(iss, "NetworkProxyRaw")
 		if err != nil {
 			return fmt.Errorf("network_proxy: loading the proxy module: %w", err)
@@ -45,7 +46,7 @@ func (iss *Issuer) provisionStockOptions(ctx caddy.Context, account *issuer.Acco
 		if !ok {
 			return fmt.Errorf("network_proxy: module %T does not produce a proxy function", mod)
 		}
-		account.Proxy = producer.ProxyFunc()
+		iss.proxy = producer.ProxyFunc()
 	}
 	if iss.ACMETimeout > 0 && iss.RequestTimeout == 0 {
 		// the same spelling meant something else before: say so, once per

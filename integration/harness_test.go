@@ -11,8 +11,9 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/certflow/certflow"
+	certflow "github.com/certflow/certflow"
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/issuer"
 )
 
 // env is one test's world: a DNS answering 127.0.0.1, an in-process Pebble,
@@ -39,6 +40,10 @@ type envOptions struct {
 	// tuneCA, when set, adjusts Pebble's options (profiles, roots, chains)
 	// before it starts.
 	tuneCA func(*rig.CAOptions)
+	// caHTTPPort, when set, is the port Pebble's validator connects to for
+	// HTTP-01 instead of Caddy's HTTP port (a closed one: port 80 closed
+	// at a load balancer).
+	caHTTPPort int
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -56,7 +61,11 @@ func newEnv(t *testing.T, o envOptions) *env {
 		e.dns = startDNS(t)
 		dnsAddr = e.dns.Addr
 	}
-	caOpts := rig.CAOptions{HTTPPort: e.httpPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse}
+	caHTTPPort := e.httpPort
+	if o.caHTTPPort != 0 {
+		caHTTPPort = o.caHTTPPort
+	}
+	caOpts := rig.CAOptions{HTTPPort: caHTTPPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse}
 	if o.tuneCA != nil {
 		o.tuneCA(&caOpts)
 	}
@@ -223,3 +232,14 @@ func dump(v any) string {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	return string(b)
 }
+
+// currentScheduler is the process's challenge scheduler while Caddy runs
+// with a certflow issuer, else an idle one (nothing live or queued).
+func currentScheduler() *issuer.Scheduler {
+	if s := certflow.Scheduler(); s != nil {
+		return s
+	}
+	return idleScheduler
+}
+
+var idleScheduler = issuer.NewScheduler(issuer.SchedulerLimits{})

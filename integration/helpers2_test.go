@@ -21,7 +21,6 @@ import (
 
 	certflow "github.com/certflow/certflow"
 	"github.com/certflow/certflow/integration/rig"
-	"github.com/certflow/certflow/issuer"
 )
 
 // pollEvery and pollMax bound every wait in these tests.
@@ -69,7 +68,7 @@ func waitForDiag(t *testing.T, what string, timeout time.Duration, cond func() b
 func schedulerIdle(t *testing.T) {
 	t.Helper()
 	waited := waitFor(t, "the scheduler to be idle before the test", pollMax, func() bool {
-		live, queued := issuer.DefaultScheduler().Stats()
+		live, queued := currentScheduler().Stats()
 		return live == 0 && queued == 0
 	})
 	if waited > 100*time.Millisecond {
@@ -155,7 +154,7 @@ func monitorLive(t *testing.T) *liveMonitor {
 		tick := time.NewTicker(2 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			live, _ := issuer.DefaultScheduler().Stats()
+			live, _ := currentScheduler().Stats()
 			if int64(live) > m.max.Load() {
 				m.max.Store(int64(live))
 			}
@@ -331,9 +330,9 @@ func startSlowDNS(t *testing.T, delay time.Duration) string {
 // for a failed wait.
 func (e *env) schedulerDiag(names ...string) func() string {
 	return func() string {
-		live, queued := issuer.DefaultScheduler().Stats()
+		live, queued := currentScheduler().Stats()
 		var b strings.Builder
-		fmt.Fprintf(&b, "scheduler: %d live, %d queued, limits %+v\n", live, queued, issuer.DefaultScheduler().Limits())
+		fmt.Fprintf(&b, "scheduler: %d live, %d queued, limits %+v\n", live, queued, currentScheduler().Limits())
 		for _, n := range names {
 			all, _ := rig.LoadResources(e.storage, "challenges")
 			for _, r := range all {

@@ -87,6 +87,13 @@ func TestProfileNotOffered(t *testing.T) {
 	if n := e.ca.NewOrders(host); n != 0 {
 		t.Errorf("the CA saw %d new-order requests for %s, want none", n, host)
 	}
+	// the policy's mistake, not the name's: no backoff starts
+	if party := reqs[0].str("charged_to"); party != "nobody" {
+		t.Errorf("the failure is charged to %q, want nobody", party)
+	}
+	if rec := nameRecordOf(t, e.storage, host); rec != nil && rec["failures"] != nil && rec["failures"] != float64(0) {
+		t.Errorf("the name's failure count grew: %s", dump(rec))
+	}
 }
 
 // TestCertificateLifetime: certificate_lifetime becomes the order's

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"testing"
-
-	"github.com/certflow/certflow/issuer"
 )
 
 // TestReloadChangesChallengeCap: a config reload with a changed
@@ -15,9 +13,8 @@ import (
 func TestReloadChangesChallengeCap(t *testing.T) {
 	schedulerIdle(t)
 	e := newEnv(t, envOptions{})
-	sched := issuer.DefaultScheduler()
-
 	e.run(e.config(e.issuer(schedulerExtra(1))))
+	sched := currentScheduler() // the same scheduler across the reload
 	if got := sched.Limits().MaxLive; got != 1 {
 		t.Fatalf("MaxLive = %d after running with max_concurrent_challenges 1", got)
 	}

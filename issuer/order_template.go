@@ -31,31 +31,20 @@ func (e *ProfileError) Error() string {
 		e.Profile, strings.Join(e.Offered, ", "))
 }
 
-// newOrderTemplate returns the new-order request for this workflow: its
-// identifiers, the policy's profile once checked against the CA's
-// directory, and notAfter from the certificate lifetime, counted from now.
-func (w *workflow) newOrderTemplate(ctx context.Context) (acme.Order, error) {
-	tmpl := acme.Order{Identifiers: w.ids, Profile: w.opts.Profile}
-	if tmpl.Profile != "" {
-		if err := w.engine.checkProfile(ctx, tmpl.Profile); err != nil {
-			return acme.Order{}, err
-		}
+// checkOrderProfile makes sure, before an order is made, that the CA's
+// directory offers the policy's profile (acmez caches the directory, so this
+// costs a request only the first time, and every 12 hours). A profile the
+// CA does not offer is the policy's mistake, not the name's: nobody's
+// failure count grows and nobody waits; the operator fixes the config.
+func (w *workflow) checkOrderProfile(ctx context.Context) error {
+	profile := w.opts.Profile
+	if profile == "" {
+		return nil
 	}
-	if lifetime := w.opts.CertificateLifetime; lifetime > 0 {
-		notAfter := time.Now().Add(lifetime).Truncate(time.Second).UTC()
-		tmpl.NotAfter = &notAfter
-	}
-	return tmpl, nil
-}
-
-// checkProfile makes sure the CA's directory offers profile. acmez caches
-// the directory, so this costs a request only the first time (and every
-// 12 hours).
-func (e *Engine) checkProfile(ctx context.Context, profile string) error {
 	var dir acme.Directory
-	err := callCA(ctx, "reading the CA's directory for its profiles", func(ctx context.Context) error {
+	err := w.call(ctx, opDirectory, "reading the CA's directory for its profiles", func(ctx context.Context) error {
 		var err error
-		dir, err = e.client.GetDirectory(ctx)
+		dir, err = w.engine.ca.Directory(ctx)
 		return err
 	})
 	if err != nil {
@@ -71,7 +60,19 @@ func (e *Engine) checkProfile(ctx context.Context, profile string) error {
 		return nil
 	}
 	slices.Sort(offered)
-	return &ProfileError{Profile: profile, Offered: offered}
+	return charge(PartyNobody, &ProfileError{Profile: profile, Offered: offered})
+}
+
+// newOrderRequest is what the new-order request asks the CA for: the
+// identifiers, the policy's profile (checked by checkOrderProfile) and
+// notAfter from the certificate lifetime, counted from now.
+func (w *workflow) newOrderRequest() acme.Order {
+	order := acme.Order{Identifiers: w.ids, Profile: w.opts.Profile}
+	if lifetime := w.opts.CertificateLifetime; lifetime > 0 {
+		notAfter := time.Now().Add(lifetime).Truncate(time.Second).UTC()
+		order.NotAfter = &notAfter
+	}
+	return order
 }
 
 // recordOrderTerms notes on the Order what the CA says it will issue: the

@@ -29,7 +29,12 @@ func directoryServer(t *testing.T, profiles map[string]string) (*Engine, *atomic
 		_ = json.NewEncoder(w).Encode(dir)
 	}))
 	t.Cleanup(srv.Close)
-	return &Engine{client: &acme.Client{Directory: srv.URL + "/dir", HTTPClient: srv.Client()}}, &hits
+	ca := &acmeCA{client: &acme.Client{Directory: srv.URL + "/dir", HTTPClient: srv.Client()}}
+	e, err := NewEngine(AccountConfig{CA: srv.URL + "/dir"}, ca, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, &hits
 }
 
 func TestNewOrderTemplate(t *testing.T) {
@@ -38,11 +43,11 @@ func TestNewOrderTemplate(t *testing.T) {
 	t.Run("profile offered, lifetime set", func(t *testing.T) {
 		e, hits := directoryServer(t, map[string]string{"classic": "", "shortlived": ""})
 		w := &workflow{engine: e, ids: ids, opts: &Options{Profile: "shortlived", CertificateLifetime: 6 * time.Hour}}
-		before := time.Now()
-		tmpl, err := w.newOrderTemplate(context.Background())
-		if err != nil {
+		if err := w.checkOrderProfile(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+		before := time.Now()
+		tmpl := w.newOrderRequest()
 		if tmpl.Profile != "shortlived" || len(tmpl.Identifiers) != 1 {
 			t.Errorf("template %+v", tmpl)
 		}
@@ -51,7 +56,7 @@ func TestNewOrderTemplate(t *testing.T) {
 			t.Errorf("notAfter %v, want 6h from now in whole seconds", tmpl.NotAfter)
 		}
 		// the directory is read once and then cached by acmez
-		if _, err := w.newOrderTemplate(context.Background()); err != nil {
+		if err := w.checkOrderProfile(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		if n := hits.Load(); n != 1 {
@@ -62,17 +67,21 @@ func TestNewOrderTemplate(t *testing.T) {
 	t.Run("profile not offered", func(t *testing.T) {
 		e, _ := directoryServer(t, map[string]string{"tlsserver": "", "classic": ""})
 		w := &workflow{engine: e, ids: ids, opts: &Options{Profile: "shortlived"}}
-		_, err := w.newOrderTemplate(context.Background())
+		err := w.checkOrderProfile(context.Background())
 		var perr *ProfileError
 		if !errors.As(err, &perr) || !strings.Contains(err.Error(), `ACME profile "shortlived" is not offered by the CA; its directory offers: classic, tlsserver`) {
 			t.Fatalf("got %v", err)
+		}
+		// the policy's mistake: nobody's failure count grows
+		if party, _ := chargedTo(err); party != PartyNobody {
+			t.Errorf("charged to %s, want nobody", party)
 		}
 	})
 
 	t.Run("CA without profiles", func(t *testing.T) {
 		e, _ := directoryServer(t, nil)
 		w := &workflow{engine: e, ids: ids, opts: &Options{Profile: "shortlived"}}
-		_, err := w.newOrderTemplate(context.Background())
+		err := w.checkOrderProfile(context.Background())
 		if err == nil || !strings.Contains(err.Error(), "offers no profiles; remove profile") {
 			t.Fatalf("got %v", err)
 		}
@@ -81,9 +90,11 @@ func TestNewOrderTemplate(t *testing.T) {
 	t.Run("no profile, no lifetime: the directory is not read", func(t *testing.T) {
 		e, hits := directoryServer(t, nil)
 		w := &workflow{engine: e, ids: ids, opts: &Options{}}
-		tmpl, err := w.newOrderTemplate(context.Background())
-		if err != nil || tmpl.Profile != "" || tmpl.NotAfter != nil {
-			t.Fatalf("template %+v, err %v", tmpl, err)
+		if err := w.checkOrderProfile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if tmpl := w.newOrderRequest(); tmpl.Profile != "" || tmpl.NotAfter != nil {
+			t.Fatalf("template %+v", tmpl)
 		}
 		if n := hits.Load(); n != 0 {
 			t.Errorf("the directory was fetched %d times", n)

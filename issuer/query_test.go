@@ -330,7 +330,7 @@ func TestReaderStatusAndClearBackoff(t *testing.T) {
 	if _, err := r.Status(ctx, "x.test"); !errors.Is(err, ErrStorage) {
 		t.Fatalf("Status before the store was ever written: %v, want a storage error", err)
 	}
-	if err := s.ensureSentinel(ctx); err != nil {
+	if err := writeSentinel(ctx, s); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.Status(ctx, "x.test"); !errors.Is(err, ErrUnknownName) {
