@@ -327,6 +327,9 @@ type NameStatus struct {
 	// CA that are open.
 	Holds    []issuer.Hold `json:"holds,omitempty"`
 	Circuits []CircuitView `json:"circuits,omitempty"`
+	// Admission is this node's cached answer of the permission module
+	// (tls.permission.certflow) for the name, if any.
+	Admission *AdmissionStatus `json:"admission,omitempty"`
 }
 
 // CertificateInfo describes the stored certificate of a name.
@@ -355,7 +358,7 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request, rawName 
 		return err
 	}
 	st, err := a.status(r.Context(), name)
-	if err != nil {
+	if st, err = withAdmission(st, err, name); err != nil {
 		return err
 	}
 	return writeJSON(w, r, st)

@@ -174,6 +174,9 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 		line("", "Issuer key", "%s", st.IssuerKey)
 	}
 	line("", "Status", "%s", summary(st, now))
+	if a := st.Admission; a != nil {
+		line("", "Admission", "%s", admissionLine(a, now))
+	}
 	if st.Failing && st.Record != nil && st.Record.LastError != "" && (st.Request == nil || st.Request.Reason != st.Record.LastError) {
 		line("", "Last error", "%s", oneLine(st.Record.LastError, 0))
 	}

@@ -44,6 +44,9 @@ type envOptions struct {
 	// HTTP-01 instead of Caddy's HTTP port (a closed one: port 80 closed
 	// at a load balancer).
 	caHTTPPort int
+	// certValidity is the lifetime of the certificates Pebble issues
+	// (zero: Pebble's default).
+	certValidity time.Duration
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -65,7 +68,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.caHTTPPort != 0 {
 		caHTTPPort = o.caHTTPPort
 	}
-	caOpts := rig.CAOptions{HTTPPort: caHTTPPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse}
+	caOpts := rig.CAOptions{HTTPPort: caHTTPPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse,
+		CertValidity: o.certValidity}
 	if o.tuneCA != nil {
 		o.tuneCA(&caOpts)
 	}
