@@ -171,6 +171,7 @@ type Issuer struct {
 	proxy    func(*http.Request) (*url.URL, error)
 	proxyKey string
 
+	observer  *observer // events and metrics of this instance (observer.go)
 	engine    *issuer.Engine
 	engineKey string // in enginePool; "" when none is held
 	scheduler *issuer.Scheduler
