@@ -155,8 +155,8 @@ func (j *judge) examine(ctx context.Context, id string, now time.Time) time.Time
 	}
 	var ch Challenge
 	if err := j.s.load(ctx, KindChallenge, id, &ch); err != nil {
-		if isNotExist(err) || errors.Is(err, ErrCorrupt) {
-			m.unwatch(id) // gone, or set aside (load reports it)
+		if isNotExist(err) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNewerSchema) {
+			m.unwatch(id) // gone, set aside (load reports it), or a newer version's to judge
 		} else {
 			m.watchID(id) // the storage failed: next pass
 		}
