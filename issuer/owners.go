@@ -21,10 +21,12 @@ import (
 //
 //	certflow/<issuer key>/owners/<owner>.json
 //
-// The record is written when the engine starts working in the store and
-// every heartbeatInterval while it has challenges in flight there or runs
-// its maintenance; when it stops (the config that used it is unloaded and
-// its last challenge ended), it deletes its record. A record not refreshed
+// The record is written when the engine starts a challenge in the store
+// (or, for its maintenance alone, once the config load is over: a config
+// that is only validated writes nothing), then every heartbeatInterval
+// while it has challenges in flight there or runs its maintenance; when it
+// stops (the config that used it is unloaded and its last challenge
+// ended), it deletes its record. A record not refreshed
 // for heartbeatLapse is a process that died: maintenance ends what it left
 // and removes the record.
 
@@ -67,6 +69,7 @@ type storePresence struct {
 	live       map[string]struct{} // IDs of the challenges this engine runs there
 	maintained bool                // the engine's maintenance runs there
 	beating    bool                // the heartbeat goroutine runs
+	written    bool                // the record was written (or its write tried)
 	started    time.Time
 	wake       chan struct{}
 	// writeMu orders the heartbeat goroutines' writes: one that stops
@@ -95,7 +98,10 @@ func (e *Engine) running(s store, id string) (done func()) {
 	e.presence.mu.Lock()
 	sp := e.presence.in(s)
 	sp.live[id] = struct{}{}
-	e.keepBeating(sp)
+	e.keepBeating(sp, 0)
+	if !sp.written {
+		nudge(sp.wake) // a goroutine started by maintenance writes now
+	}
 	e.presence.mu.Unlock()
 	return func() {
 		e.presence.mu.Lock()
@@ -127,7 +133,7 @@ func (e *Engine) maintained(s store, on bool) {
 	sp := e.presence.in(s)
 	sp.maintained = on
 	if on {
-		e.keepBeating(sp)
+		e.keepBeating(sp, firstMaintenanceDelay)
 	}
 	e.presence.mu.Unlock()
 	if !on {
@@ -135,9 +141,9 @@ func (e *Engine) maintained(s store, on bool) {
 	}
 }
 
-// keepBeating starts the heartbeat goroutine of sp if it is not running;
-// e.presence.mu is held.
-func (e *Engine) keepBeating(sp *storePresence) {
+// keepBeating starts the heartbeat goroutine of sp, writing first after
+// delay, if it is not running; e.presence.mu is held.
+func (e *Engine) keepBeating(sp *storePresence, delay time.Duration) {
 	if sp.beating {
 		return
 	}
@@ -148,7 +154,7 @@ func (e *Engine) keepBeating(sp *storePresence) {
 	beaters.Add(1)
 	go func() {
 		defer beaters.Add(-1)
-		e.beat(sp)
+		e.beat(sp, delay)
 	}()
 }
 
@@ -173,9 +179,10 @@ func AwaitHeartbeatsStopped(timeout time.Duration) bool {
 // beat writes the engine's heartbeat record in sp's store every
 // heartbeatInterval while the engine runs challenges or maintenance there,
 // and deletes it when it stops.
-func (e *Engine) beat(sp *storePresence) {
-	timer := time.NewTimer(0)
+func (e *Engine) beat(sp *storePresence, delay time.Duration) {
+	timer := time.NewTimer(delay)
 	defer timer.Stop()
+	wrote := false // by this goroutine
 	for {
 		select {
 		case <-timer.C:
@@ -185,9 +192,14 @@ func (e *Engine) beat(sp *storePresence) {
 		s := sp.s
 		if len(sp.live) == 0 && !sp.maintained {
 			sp.beating = false
+			if !wrote {
+				e.presence.mu.Unlock()
+				return // nothing written, nothing to remove
+			}
 			// taken before the lock is released: a goroutine started
 			// after this one writes only once the record is deleted
 			sp.writeMu.Lock()
+			sp.written = false
 			e.presence.mu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), heartbeatWriteTimeout)
 			if err := s.storage.Delete(ctx, s.ownerKey(e.owner)); err != nil && !isNotExist(err) && s.logger != nil {
@@ -198,6 +210,7 @@ func (e *Engine) beat(sp *storePresence) {
 			return
 		}
 		started := sp.started
+		sp.written, wrote = true, true
 		e.presence.mu.Unlock()
 
 		sp.writeMu.Lock()
