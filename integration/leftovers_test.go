@@ -456,6 +456,9 @@ func TestDNS01LeftoverAfterKill(t *testing.T) {
 			return false
 		}
 		chals := b.resources("challenges", name)
+		if len(chals) != 1 {
+			return false
+		}
 		ch = chals[0]
 		return ch.str("state") == "errored" && ch["cleaned_up"] == true
 	}, func() string { return dump(b.resources("challenges", name)) })
@@ -558,9 +561,11 @@ func TestLeftoverTwoPolicies(t *testing.T) {
 			start := time.Now()
 			b.run(cfg) // a new process's maintenance: its first pass lists everything
 			for label, id := range map[string]string{"own": own, "unknown": unknown} {
-				waitForDiag(t, "the "+label+" leftover's record to be removed", firstPassWait, func() bool {
+				// the record is removed first, then the challenge's end written
+				waitForDiag(t, "the "+label+" leftover's record to be removed and its end recorded", firstPassWait, func() bool {
 					got, err := b.bind.TXT("_acme-challenge." + label)
-					return err == nil && len(got) == 0
+					ch := b.resources("challenges", label+".dns.test")
+					return err == nil && len(got) == 0 && len(ch) == 1 && ch[0].str("state") != "presented"
 				}, func() string { return dump(b.resources("challenges", label+".dns.test")) })
 				ch := b.resources("challenges", label+".dns.test")
 				if len(ch) != 1 || ch[0].str("id") != id || ch[0].str("state") != "errored" || ch[0]["cleaned_up"] != true ||
