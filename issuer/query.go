@@ -284,6 +284,11 @@ type NameStatus struct {
 	Request    *CertificateRequest `json:"request,omitempty"`
 	Order      *Order              `json:"order,omitempty"`
 	Challenges []Challenge         `json:"challenges,omitempty"`
+	// LastRenewal is the latest CertificateRequest that renewed the
+	// name's certificate, and LastRenewalOrder its order (the same as
+	// Request and Order when the latest request was that renewal).
+	LastRenewal      *CertificateRequest `json:"last_renewal,omitempty"`
+	LastRenewalOrder *Order              `json:"last_renewal_order,omitempty"`
 	// BackingOff is true while handshakes for the name fail fast.
 	BackingOff bool `json:"backing_off"`
 }
@@ -313,6 +318,16 @@ func (r Reader) Status(ctx context.Context, name string) (NameStatus, error) {
 			st.Request = &cr
 		}
 	}
+	if id := rec.LastRenewal; id != "" {
+		if st.Request != nil && st.Request.ID == id {
+			st.LastRenewal = st.Request
+		} else {
+			var cr CertificateRequest
+			if err := r.s.load(ctx, KindRequest, id, &cr); err == nil {
+				st.LastRenewal = &cr
+			}
+		}
+	}
 	orderID := rec.CurrentOrder
 	if st.Request != nil && st.Request.Order != "" {
 		orderID = st.Request.Order
@@ -326,6 +341,16 @@ func (r Reader) Status(ctx context.Context, name string) (NameStatus, error) {
 				if err := r.s.load(ctx, KindChallenge, id, &ch); err == nil {
 					st.Challenges = append(st.Challenges, ch)
 				}
+			}
+		}
+	}
+	if lr := st.LastRenewal; lr != nil && lr.Order != "" {
+		if st.Order != nil && st.Order.ID == lr.Order {
+			st.LastRenewalOrder = st.Order
+		} else {
+			var o Order
+			if err := r.s.load(ctx, KindOrder, lr.Order, &o); err == nil {
+				st.LastRenewalOrder = &o
 			}
 		}
 	}
