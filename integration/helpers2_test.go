@@ -219,14 +219,18 @@ func (e *env) onlyChallenge(name string) resource {
 	return chals[0]
 }
 
-// issuerKey is the storage key of certificates this env's certflow issuer
-// obtains.
-func (e *env) issuerKey() string { return certflow.IssuerKeyForCA(e.ca.DirectoryURL) }
+// stateKey is the key of this env's certflow issuer's own resources
+// (certflow/<key>/…).
+func (e *env) stateKey() string { return certflow.StateKeyForCA(e.ca.DirectoryURL) }
+
+// certKey is the issuer key certmagic stores the certificates of this
+// env's certflow issuer under (shared with the stock acme issuer).
+func (e *env) certKey() string { return (&certflow.Issuer{CA: e.ca.DirectoryURL}).IssuerKey() }
 
 // certPath is where certmagic stores the certificate of name obtained by
 // this env's certflow issuer, under the storage root.
 func (e *env) certPath(name string) string {
-	return filepath.Join(e.storage, filepath.FromSlash(certmagic.StorageKeys.SiteCert(e.issuerKey(), name)))
+	return filepath.Join(e.storage, filepath.FromSlash(certmagic.StorageKeys.SiteCert(e.certKey(), name)))
 }
 
 func fileExists(path string) bool {

@@ -1,0 +1,302 @@
+package certflow
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"path"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/certflow/certflow/issuer"
+)
+
+// Serving a forced renewal's certificate. certmagic replaces a certificate
+// in its in-memory cache only when it renews one that is due (or was
+// revoked): a forced renewal stores the new certificate, but every node
+// would go on serving the old one until it is due. So:
+//
+//   - the node that renewed loads the new certificate into the cache and
+//     drops the one it replaced, at once (replaceCached);
+//   - it notes the renewal in a small journal in storage,
+//     certflow/<issuer key>/renewals.json, and every node checks the
+//     journals of the storages its certflow issuers use every
+//     renewalSyncInterval, and does the same for the names it has a
+//     replaced certificate of in its cache.
+//
+// A certificate certmagic renews itself (when it is due) is replaced in
+// the cache by certmagic on every node, when each finds it due.
+//
+// certmagic's cache is reachable from outside only through a Config, whose
+// pointer to it is unexported (certmagic v0.25.6, Config.certCache): it is
+// read by reflection, and the versions are pinned (go.mod). Should a
+// certmagic update rename it, nothing is dropped from the cache, a warning
+// is logged, and the renewed certificate is served once the old one is due;
+// TestForcedRenewal fails loudly.
+
+// RenewalServedWithin bounds how long after a forced renewal the other
+// nodes of a cluster serve the new certificate: two journal checks.
+const RenewalServedWithin = 2 * renewalSyncInterval
+
+const (
+	// renewalSyncInterval is how often a node reads the renewal journals.
+	renewalSyncInterval = 5 * time.Second
+	// journalMaxAge and journalMaxEntries bound the journal: a node down
+	// for longer loads every certificate from storage when it starts.
+	journalMaxAge     = time.Hour
+	journalMaxEntries = 512
+	journalName       = "renewals.json"
+	journalLockPrefix = "certflow_renewals_"
+)
+
+// renewalJournal is the stored journal of forced renewals.
+type renewalJournal struct {
+	Version  int              `json:"version"`
+	Renewals []renewedEntry   `json:"renewals"`
+}
+
+// renewedEntry is one forced renewal: the name and the serial (hex) of the
+// certificate now stored.
+type renewedEntry struct {
+	Name   string    `json:"name"`
+	Serial string    `json:"serial"`
+	At     time.Time `json:"at"`
+}
+
+func journalKey(stateKey string) string {
+	return path.Join("certflow", certmagic.StorageKeys.Safe(stateKey), journalName)
+}
+
+// serveRenewed makes this node serve name's renewed certificate at once
+// and notes the renewal in the journal for the other nodes.
+func serveRenewed(ctx context.Context, cfg *certmagic.Config, inst *Issuer, name string, before []certmagic.Certificate, logger *zap.Logger) {
+	sc, err := issuer.LoadStoredCertificate(ctx, cfg.Storage, inst.IssuerKey(), name)
+	if err != nil {
+		logger.Warn("reading the renewed certificate", zap.String("name", name), zap.Error(err))
+		return
+	}
+	serial := serialHex(sc.Leaf)
+	if len(before) > 0 {
+		replaceCached(ctx, cfg, name, serial, logger)
+	}
+	if err := noteRenewal(ctx, cfg.Storage, inst.issuerKey, renewedEntry{Name: name, Serial: serial, At: time.Now().UTC()}); err != nil {
+		logger.Warn("noting the renewal for the other nodes; they serve the new certificate when the old one is due",
+			zap.String("name", name), zap.Error(err))
+	}
+}
+
+// replaceCached loads name's certificate from storage into certmagic's
+// cache and drops the cached certificates of exactly that name it
+// replaces. It does nothing when the certificate with serial is cached
+// already and alone.
+func replaceCached(ctx context.Context, cfg *certmagic.Config, name, serial string, logger *zap.Logger) {
+	cached := cachedExactly(name)
+	stale := slices.ContainsFunc(cached, func(c certmagic.Certificate) bool { return c.Leaf == nil || serialHex(c.Leaf) != serial })
+	if !stale {
+		return
+	}
+	fresh, err := cfg.CacheManagedCertificate(ctx, name)
+	if err != nil {
+		logger.Warn("loading the renewed certificate into the cache", zap.String("name", name), zap.Error(err))
+		return
+	}
+	var drop []string
+	for _, c := range cached {
+		if c.Hash() != fresh.Hash() && c.Leaf != nil && fresh.Leaf != nil && c.Leaf.NotBefore.Before(fresh.Leaf.NotBefore) {
+			drop = append(drop, c.Hash())
+		}
+	}
+	if len(drop) == 0 {
+		return
+	}
+	cache := certCacheOf(cfg)
+	if cache == nil {
+		logger.Warn("certmagic's cache is not reachable (certmagic changed?): the renewed certificate is served once the replaced one is due",
+			zap.String("name", name))
+		return
+	}
+	cache.Remove(drop)
+	logger.Info("serving the renewed certificate", zap.String("name", name), zap.String("serial", serialHex(fresh.Leaf)),
+		zap.Int("replaced", len(drop)))
+}
+
+// certCacheOf returns cfg's certificate cache (certmagic keeps the pointer
+// unexported), or nil if it cannot be found.
+func certCacheOf(cfg *certmagic.Config) *certmagic.Cache {
+	if cfg == nil {
+		return nil
+	}
+	field := reflect.ValueOf(cfg).Elem().FieldByName("certCache")
+	if !field.IsValid() || field.Type() != reflect.TypeFor[*certmagic.Cache]() {
+		return nil
+	}
+	return *(**certmagic.Cache)(unsafe.Pointer(field.UnsafeAddr()))
+}
+
+// cachedExactly returns the certificates in certmagic's cache for exactly
+// name (not a wildcard covering it).
+func cachedExactly(name string) []certmagic.Certificate {
+	var out []certmagic.Certificate
+	for _, c := range caddytls.AllMatchingCertificates(name) {
+		if slices.Contains(c.Names, name) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// servesSerial reports whether the only certificate cached for exactly
+// name has serial.
+func servesSerial(name, serial string) bool {
+	cached := cachedExactly(name)
+	return len(cached) == 1 && cached[0].Leaf != nil && serialHex(cached[0].Leaf) == serial
+}
+
+func serialHex(leaf *x509.Certificate) string { return hex.EncodeToString(leaf.SerialNumber.Bytes()) }
+
+// noteRenewal adds e to the journal of stateKey, pruning old entries. The
+// journal is written under a lock of certflow's own, so that two nodes
+// noting at once lose nothing.
+func noteRenewal(ctx context.Context, storage certmagic.Storage, stateKey string, e renewedEntry) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	lock := journalLockPrefix + certmagic.StorageKeys.Safe(stateKey)
+	if err := storage.Lock(ctx, lock); err != nil {
+		return err
+	}
+	defer func() { _ = storage.Unlock(context.WithoutCancel(ctx), lock) }()
+	j, err := loadJournal(ctx, storage, stateKey)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		j = renewalJournal{} // unreadable: start over rather than never note again
+	}
+	cutoff := e.At.Add(-journalMaxAge)
+	kept := j.Renewals[:0]
+	for _, old := range j.Renewals {
+		if old.At.After(cutoff) && old.Name != e.Name {
+			kept = append(kept, old)
+		}
+	}
+	kept = append(kept, e)
+	if len(kept) > journalMaxEntries {
+		kept = kept[len(kept)-journalMaxEntries:]
+	}
+	b, err := json.Marshal(renewalJournal{Version: 1, Renewals: kept})
+	if err != nil {
+		return err
+	}
+	return storage.Store(ctx, journalKey(stateKey), b)
+}
+
+func loadJournal(ctx context.Context, storage certmagic.Storage, stateKey string) (renewalJournal, error) {
+	var j renewalJournal
+	b, err := storage.Load(ctx, journalKey(stateKey))
+	if err != nil {
+		return j, err
+	}
+	err = json.Unmarshal(b, &j)
+	return j, err
+}
+
+// renewalSync is the process's reader of the renewal journals, running
+// while a certflow issuer is provisioned (held in a caddy.UsagePool).
+type renewalSync struct {
+	stop chan struct{}
+	done chan struct{}
+
+	mu      sync.Mutex
+	applied map[string]string // source ID and name → serial checked
+}
+
+var renewalSyncPool = caddy.NewUsagePool()
+
+const renewalSyncPoolKey = "renewal-sync"
+
+// acquireRenewalSync starts the journal reader on first use.
+func acquireRenewalSync(logger *zap.Logger) {
+	_, _, _ = renewalSyncPool.LoadOrNew(renewalSyncPoolKey, func() (caddy.Destructor, error) {
+		s := &renewalSync{stop: make(chan struct{}), done: make(chan struct{}), applied: map[string]string{}}
+		go s.run(logger.Named("renewal_sync"))
+		return s, nil
+	})
+}
+
+// releaseRenewalSync drops this instance's hold; the last one stops it.
+func releaseRenewalSync() { _, _ = renewalSyncPool.Delete(renewalSyncPoolKey) }
+
+// Destruct stops the reader (caddy.Destructor).
+func (s *renewalSync) Destruct() error {
+	close(s.stop)
+	<-s.done
+	return nil
+}
+
+func (s *renewalSync) run(logger *zap.Logger) {
+	defer close(s.done)
+	tick := time.NewTicker(renewalSyncInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), renewalSyncInterval)
+		s.pass(ctx, logger)
+		cancel()
+	}
+}
+
+// pass reads the journal of each (storage, issuer key) the process's
+// certflow issuers use, once each, and serves the certificates renewed
+// elsewhere that this node's cache still holds an older one of.
+func (s *renewalSync) pass(ctx context.Context, logger *zap.Logger) {
+	seen := map[string]bool{}
+	for _, inst := range registeredIssuers() {
+		cfg := inst.renewal.magic.Load()
+		if cfg == nil || cfg.Storage == nil {
+			continue
+		}
+		src := storageID(cfg.Storage) + "|" + inst.issuerKey
+		if seen[src] {
+			continue
+		}
+		seen[src] = true
+		j, err := loadJournal(ctx, cfg.Storage, inst.issuerKey)
+		if err != nil {
+			continue // none yet, or unreadable: nothing to serve
+		}
+		for _, e := range j.Renewals {
+			key := src + "|" + e.Name
+			s.mu.Lock()
+			done := s.applied[key] == e.Serial
+			s.mu.Unlock()
+			if done {
+				continue
+			}
+			if len(cachedExactly(e.Name)) > 0 {
+				replaceCached(ctx, cfg, e.Name, e.Serial, logger)
+			}
+			s.mu.Lock()
+			s.applied[key] = e.Serial
+			s.mu.Unlock()
+		}
+	}
+	s.mu.Lock()
+	if len(s.applied) > 4*journalMaxEntries {
+		s.applied = map[string]string{} // forgotten entries are checked again, at no cost
+	}
+	s.mu.Unlock()
+}
+
+var _ caddy.Destructor = (*renewalSync)(nil)
