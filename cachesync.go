@@ -62,8 +62,8 @@ const (
 
 // renewalJournal is the stored journal of forced renewals.
 type renewalJournal struct {
-	Version  int              `json:"version"`
-	Renewals []renewedEntry   `json:"renewals"`
+	Version  int            `json:"version"`
+	Renewals []renewedEntry `json:"renewals"`
 }
 
 // renewedEntry is one forced renewal: the name and the serial (hex) of the
@@ -101,7 +101,7 @@ func serveRenewed(ctx context.Context, cfg *certmagic.Config, inst *Issuer, name
 // replaces. It does nothing when the certificate with serial is cached
 // already and alone.
 func replaceCached(ctx context.Context, cfg *certmagic.Config, name, serial string, logger *zap.Logger) {
-	cached := cachedExactly(name)
+	cached := cachedExactly(cfg, name)
 	stale := slices.ContainsFunc(cached, func(c certmagic.Certificate) bool { return c.Leaf == nil || serialHex(c.Leaf) != serial })
 	if !stale {
 		return
@@ -144,11 +144,17 @@ func certCacheOf(cfg *certmagic.Config) *certmagic.Cache {
 	return *(**certmagic.Cache)(unsafe.Pointer(field.UnsafeAddr()))
 }
 
-// cachedExactly returns the certificates in certmagic's cache for exactly
-// name (not a wildcard covering it).
-func cachedExactly(name string) []certmagic.Certificate {
+// cachedExactly returns the certificates in certmagic's cache (cfg's) for
+// exactly name, not a wildcard covering it.
+func cachedExactly(cfg *certmagic.Config, name string) []certmagic.Certificate {
+	var all []certmagic.Certificate
+	if cache := certCacheOf(cfg); cache != nil {
+		all = cache.AllMatchingCertificates(name)
+	} else {
+		all = tlsAppCertificates(name)
+	}
 	var out []certmagic.Certificate
-	for _, c := range caddytls.AllMatchingCertificates(name) {
+	for _, c := range all {
 		if slices.Contains(c.Names, name) {
 			out = append(out, c)
 		}
@@ -156,10 +162,21 @@ func cachedExactly(name string) []certmagic.Certificate {
 	return out
 }
 
-// servesSerial reports whether the only certificate cached for exactly
-// name has serial.
-func servesSerial(name, serial string) bool {
-	cached := cachedExactly(name)
+// tlsAppCertificates asks the TLS app's cache, which is gone (a nil
+// pointer inside caddytls) once the last TLS app stopped.
+func tlsAppCertificates(name string) (certs []certmagic.Certificate) {
+	defer func() {
+		if recover() != nil {
+			certs = nil
+		}
+	}()
+	return caddytls.AllMatchingCertificates(name)
+}
+
+// servesSerial reports whether the only certificate cfg's cache holds for
+// exactly name has serial.
+func servesSerial(cfg *certmagic.Config, name, serial string) bool {
+	cached := cachedExactly(cfg, name)
 	return len(cached) == 1 && cached[0].Leaf != nil && serialHex(cached[0].Leaf) == serial
 }
 
@@ -284,7 +301,7 @@ func (s *renewalSync) pass(ctx context.Context, logger *zap.Logger) {
 			if done {
 				continue
 			}
-			if len(cachedExactly(e.Name)) > 0 {
+			if len(cachedExactly(cfg, e.Name)) > 0 {
 				replaceCached(ctx, cfg, e.Name, e.Serial, logger)
 			}
 			s.mu.Lock()

@@ -97,7 +97,7 @@ func forceRenewal(ctx context.Context, name string, wait time.Duration, logger *
 	if inst == nil {
 		return res, fmt.Errorf("%w: %s", errNotCertflow, name)
 	}
-	before := cachedExactly(name)
+	before := cachedExactly(cfg, name)
 	if old, err := issuer.LoadStoredCertificate(ctx, cfg.Storage, inst.IssuerKey(), name); err == nil {
 		res.Replaced = serialHex(old.Leaf)
 	}
@@ -135,7 +135,7 @@ func forceRenewal(ctx context.Context, name string, wait time.Duration, logger *
 	}
 	if sc, err := issuer.LoadStoredCertificate(ctx, cfg.Storage, inst.IssuerKey(), name); err == nil {
 		res.Certificate = certificateInfo(sc, inst.renewalPolicy())
-		res.Served = servesSerial(name, res.Certificate.Serial)
+		res.Served = servesSerial(cfg, name, res.Certificate.Serial)
 	}
 	return res, nil
 }
