@@ -24,7 +24,8 @@ import (
 // none of: so the certificates stored under the old key are copied to the
 // shared one, once per storage and CA, when a certflow issuer first gets
 // its policy's config (SetConfig, while Caddy provisions: before certmagic
-// looks for certificates).
+// looks for certificates). Once done, a config load costs one read of the
+// marker per certflow issuer.
 //
 // The copy never deletes anything (the old key's files stay, for a
 // rollback to a certflow that still reads them), never overwrites a
@@ -56,20 +57,12 @@ type migrationRecord struct {
 	Failed  int       `json:"failed"`
 }
 
-// migrated remembers the (storage, key) pairs this process has seen done,
-// so a reload does not even read the marker again.
-var migrated sync.Map
-
 // migrateCertificates copies the certificates stored under the old
 // certflow key to the shared one, once (see above). Failures are logged:
 // SetConfig cannot fail, and a certificate not copied is re-ordered, not
 // lost.
 func (iss *Issuer) migrateCertificates(storage certmagic.Storage) {
 	if storage == nil || iss.certKey == "" || iss.issuerKey == iss.certKey {
-		return
-	}
-	id := storageID(storage) + "|" + iss.issuerKey
-	if _, done := migrated.Load(id); done {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), migrationTimeout)
@@ -81,7 +74,6 @@ func (iss *Issuer) migrateCertificates(storage certmagic.Storage) {
 			zap.String("from", m.from), zap.String("to", m.to), zap.Error(err))
 		return
 	}
-	migrated.Store(id, true)
 	if rec.Copied+rec.Kept+rec.Failed > 0 {
 		m.logger.Info("certificates copied to the issuer key shared with the acme issuer",
 			zap.String("from", m.from), zap.String("to", m.to), zap.Int("copied", rec.Copied),

@@ -84,6 +84,13 @@ func (l *orderLog) of(name string) []sentOrder {
 	return out
 }
 
+// count is the number of new-orders received.
+func (l *orderLog) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.orders)
+}
+
 // orderReplaces returns the replaces field of a new-order JWS's payload.
 func orderReplaces(body []byte) string {
 	var jws struct {
