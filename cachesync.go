@@ -66,44 +66,55 @@ type renewalJournal struct {
 	Renewals []renewedEntry `json:"renewals"`
 }
 
-// renewedEntry is one forced renewal: the name and the serial (hex) of the
-// certificate now stored.
+// renewedEntry is one forced renewal: the name, the serial (hex) of the
+// certificate now stored and those it replaced (the latest renewals' of the
+// name, newest last, at most maxReplacedSerials).
 type renewedEntry struct {
-	Name   string    `json:"name"`
-	Serial string    `json:"serial"`
-	At     time.Time `json:"at"`
+	Name     string    `json:"name"`
+	Serial   string    `json:"serial"`
+	Replaced []string  `json:"replaced,omitempty"`
+	At       time.Time `json:"at"`
 }
+
+// maxReplacedSerials bounds an entry's list of replaced serials.
+const maxReplacedSerials = 8
 
 func journalKey(stateKey string) string {
 	return path.Join("certflow", certmagic.StorageKeys.Safe(stateKey), journalName)
 }
 
-// serveRenewed makes this node serve name's renewed certificate at once
-// and notes the renewal in the journal for the other nodes.
-func serveRenewed(ctx context.Context, cfg *certmagic.Config, inst *Issuer, name string, before []certmagic.Certificate, logger *zap.Logger) {
+// serveRenewed makes this node serve name's renewed certificate at once,
+// in place of the one with serial replaced, and notes the renewal in the
+// journal for the other nodes.
+func serveRenewed(ctx context.Context, cfg *certmagic.Config, inst *Issuer, name, replaced string, logger *zap.Logger) {
 	sc, err := issuer.LoadStoredCertificate(ctx, cfg.Storage, inst.IssuerKey(), name)
 	if err != nil {
 		logger.Warn("reading the renewed certificate", zap.String("name", name), zap.Error(err))
 		return
 	}
-	serial := serialHex(sc.Leaf)
-	if len(before) > 0 {
-		replaceCached(ctx, cfg, name, serial, logger)
+	e := renewedEntry{Name: name, Serial: serialHex(sc.Leaf), At: time.Now().UTC()}
+	if replaced != "" && replaced != e.Serial {
+		e.Replaced = []string{replaced}
 	}
-	if err := noteRenewal(ctx, cfg.Storage, inst.issuerKey, renewedEntry{Name: name, Serial: serial, At: time.Now().UTC()}); err != nil {
+	replaceCached(ctx, cfg, name, e.Replaced, logger)
+	if err := noteRenewal(ctx, cfg.Storage, inst.issuerKey, e); err != nil {
 		logger.Warn("noting the renewal for the other nodes; they serve the new certificate when the old one is due",
 			zap.String("name", name), zap.Error(err))
 	}
 }
 
 // replaceCached loads name's certificate from storage into certmagic's
-// cache and drops the cached certificates of exactly that name it
-// replaces. It does nothing when the certificate with serial is cached
-// already and alone.
-func replaceCached(ctx context.Context, cfg *certmagic.Config, name, serial string, logger *zap.Logger) {
-	cached := cachedExactly(cfg, name)
-	stale := slices.ContainsFunc(cached, func(c certmagic.Certificate) bool { return c.Leaf == nil || serialHex(c.Leaf) != serial })
-	if !stale {
+// cache and drops the cached certificates of exactly that name whose serial
+// is one of replaced (so a certificate loaded by hand for the same name is
+// left alone). It does nothing when none of them is cached.
+func replaceCached(ctx context.Context, cfg *certmagic.Config, name string, replaced []string, logger *zap.Logger) {
+	var olds []certmagic.Certificate
+	for _, c := range cachedExactly(cfg, name) {
+		if c.Leaf != nil && slices.Contains(replaced, serialHex(c.Leaf)) {
+			olds = append(olds, c)
+		}
+	}
+	if len(olds) == 0 {
 		return
 	}
 	fresh, err := cfg.CacheManagedCertificate(ctx, name)
@@ -112,8 +123,8 @@ func replaceCached(ctx context.Context, cfg *certmagic.Config, name, serial stri
 		return
 	}
 	var drop []string
-	for _, c := range cached {
-		if c.Hash() != fresh.Hash() && c.Leaf != nil && fresh.Leaf != nil && c.Leaf.NotBefore.Before(fresh.Leaf.NotBefore) {
+	for _, c := range olds {
+		if c.Hash() != fresh.Hash() {
 			drop = append(drop, c.Hash())
 		}
 	}
@@ -200,7 +211,17 @@ func noteRenewal(ctx context.Context, storage certmagic.Storage, stateKey string
 	cutoff := e.At.Add(-journalMaxAge)
 	kept := j.Renewals[:0]
 	for _, old := range j.Renewals {
-		if old.At.After(cutoff) && old.Name != e.Name {
+		if old.Name == e.Name {
+			// a node still serving an earlier certificate of the name
+			// replaces it too
+			e.Replaced = append(append(old.Replaced, old.Serial), e.Replaced...)
+			e.Replaced = slices.DeleteFunc(e.Replaced, func(s string) bool { return s == e.Serial })
+			if n := len(e.Replaced); n > maxReplacedSerials {
+				e.Replaced = e.Replaced[n-maxReplacedSerials:]
+			}
+			continue
+		}
+		if old.At.After(cutoff) {
 			kept = append(kept, old)
 		}
 	}
@@ -301,9 +322,7 @@ func (s *renewalSync) pass(ctx context.Context, logger *zap.Logger) {
 			if done {
 				continue
 			}
-			if len(cachedExactly(cfg, e.Name)) > 0 {
-				replaceCached(ctx, cfg, e.Name, e.Serial, logger)
-			}
+			replaceCached(ctx, cfg, e.Name, e.Replaced, logger)
 			s.mu.Lock()
 			s.applied[key] = e.Serial
 			s.mu.Unlock()

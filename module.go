@@ -487,7 +487,7 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 		ChallengeTimeout:  time.Duration(iss.ChallengeTimeout),
 		Logger:            iss.logger,
 	}
-	iss.stockOrderOptions(opts) // profile, lifetime, preferred chains, acme_timeout
+	iss.stockOrderOptions(opts)   // profile, lifetime, preferred chains, acme_timeout
 	iss.renewalOptions(opts, cfg) // when certmagic renews (renew.go)
 	if b := iss.FailureBackoff; b != nil {
 		opts.BackoffInitial, opts.BackoffMax = time.Duration(b.Initial), time.Duration(b.Max)

@@ -97,11 +97,11 @@ func forceRenewal(ctx context.Context, name string, wait time.Duration, logger *
 	if inst == nil {
 		return res, fmt.Errorf("%w: %s", errNotCertflow, name)
 	}
-	before := cachedExactly(cfg, name)
 	if old, err := issuer.LoadStoredCertificate(ctx, cfg.Storage, inst.IssuerKey(), name); err == nil {
 		res.Replaced = serialHex(old.Leaf)
 	}
 
+	replaced := res.Replaced
 	mark := issuer.NewForcedRenewal()
 	rctx, cancel := context.WithTimeout(issuer.WithForcedRenewal(context.WithoutCancel(ctx), mark), forcedRenewalTimeout)
 	done := make(chan error, 1)
@@ -110,7 +110,7 @@ func forceRenewal(ctx context.Context, name string, wait time.Duration, logger *
 		err := cfg.RenewCertSync(rctx, name, true)
 		if err == nil {
 			// served here at once, announced to the other nodes
-			serveRenewed(context.WithoutCancel(rctx), cfg, inst, name, before, logger)
+			serveRenewed(context.WithoutCancel(rctx), cfg, inst, name, replaced, logger)
 		}
 		done <- err
 	}()

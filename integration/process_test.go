@@ -77,6 +77,8 @@ type node struct {
 	dir       string
 	starts    int
 	proc      *rig.Process
+	// admin is the node's admin endpoint (host:port), "" when it has none.
+	admin string
 }
 
 func (n *node) addr() string { return fmt.Sprintf("127.0.0.1:%d", n.httpsPort) }
@@ -99,6 +101,8 @@ type procEnv struct {
 type procEnvOptions struct {
 	nodes      []string // node names; the last one is the one the CA validates through
 	authzReuse int
+	// admin gives every node an admin endpoint on a free port.
+	admin bool
 }
 
 func newProcEnv(t *testing.T, o procEnvOptions) *procEnv {
@@ -112,6 +116,13 @@ func newProcEnv(t *testing.T, o procEnvOptions) *procEnv {
 		}
 		if n.httpsPort, err = rig.FreePort(); err != nil {
 			t.Fatal(err)
+		}
+		if o.admin {
+			port, err := rig.FreePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.admin = fmt.Sprintf("127.0.0.1:%d", port)
 		}
 		pe.nodes[name] = n
 		pe.validator = n
@@ -194,6 +205,7 @@ func (pe *procEnv) start(name string) *rig.Process {
 		StorageRoot: pe.storage,
 		AskURL:      pe.askURL,
 		Issuer:      pe.issuer(),
+		AdminListen: n.admin,
 	}
 	b, err := cfg.JSON()
 	if err != nil {
