@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -42,12 +43,24 @@ func (e *env) switchConfig(iss map[string]any, names []string, admin string) rig
 }
 
 // servedSerials makes a handshake for each name and returns the serial
-// (hex) each is served with.
+// (hex) each is served with. Right after a start, certmagic loads managed
+// names' certificates in the background: a handshake is tried again for up
+// to 10 s (what it then serves, and the orders the CA saw, tell whether
+// the stored certificate was found).
 func (e *env) servedSerials(names []string) map[string]string {
 	e.t.Helper()
 	out := map[string]string{}
 	for _, n := range names {
-		leaf := e.mustHandshake(n)
+		var leaf *x509.Certificate
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if leaf, err = e.handshake(n); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			e.t.Fatalf("handshake for %s: %v", n, err)
+		}
 		out[n] = hex.EncodeToString(leaf.SerialNumber.Bytes())
 	}
 	return out
