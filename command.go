@@ -176,7 +176,7 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 	}
 	line("", "Name", "%s", st.Name)
 	if st.IssuerKey != "" {
-		line("", "Issuer key", "%s", st.IssuerKey)
+		line("", "Resources", "certflow/%s", st.IssuerKey)
 	}
 	line("", "Status", "%s", summary(st, now))
 	if a := st.Admission; a != nil {
@@ -200,6 +200,9 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 		line("  ", "Issuer", "%s", c.Issuer)
 		line("  ", "Serial", "%s", c.Serial)
 		line("  ", "DNS Names", "%s", strings.Join(c.SANs, ", "))
+		if c.IssuerKey != "" {
+			line("  ", "Issuer Key", "%s", c.IssuerKey)
+		}
 		if w := c.RenewalWindow; w != nil {
 			line("  ", "Renewal Window", "%s – %s (ARI)", stamp(w.Start), stamp(w.End))
 		} else {
@@ -278,9 +281,9 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 			line("  ", "Renews", "%s", renewsLine(r))
 		}
 		line("  ", "Created", "%s (%s)", stamp(lr.Created), relative(lr.Created, now))
-	}
-	if o := st.LastRenewalOrder; o != nil && o.Replaces != "" {
-		line("", "Last renewal replaces", "%s", o.Replaces)
+		if o := st.LastRenewalOrder; o != nil {
+			line("  ", "Order", "%s, %s", o.ID, o.State)
+		}
 	}
 
 	if len(st.Challenges) > 0 {

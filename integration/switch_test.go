@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -165,6 +166,28 @@ func TestSwitchIssuersOrdersNothing(t *testing.T) {
 		t.Errorf("certflow's requests for %s: %s", renewed, dump(reqs))
 	}
 	first[renewed] = res.Certificate.Serial
+
+	// status: the certificate, when it is renewed and why, the last renewal
+	o := &observed{env: e, admin: admin}
+	st := o.status(renewed)
+	if c := st.Certificate; c == nil || c.Serial != res.Certificate.Serial || c.Renewal == nil || !c.Renewal.At.After(time.Now()) ||
+		c.IssuerKey != e.certKeySafe() {
+		t.Errorf("status of %s: certificate %s", renewed, dump(st.Certificate))
+	}
+	if lr := st.LastRenewal; lr == nil || lr.ID != res.Request || lr.State != "ready" || lr.Renews == nil ||
+		lr.Renews.Reason != "forced" || !lr.Renews.Replaces || lr.Renews.Serial != hex.EncodeToString(stockLeaf.SerialNumber.Bytes()) {
+		t.Errorf("status of %s: last renewal %s", renewed, dump(st.LastRenewal))
+	}
+	out, code := o.cli(renewed)
+	if !strings.Contains(out, "Renewal:        "+stampOf(st.Certificate.Renewal.At)) {
+		t.Errorf("caddy certflow status %s does not say when the certificate is renewed:\n%s", renewed, out)
+	}
+	for _, want := range []string{"Renews:", "because of forced", "the order carries replaces " + orders[len(orders)-1].replaces} {
+		if !strings.Contains(out, want) {
+			t.Errorf("caddy certflow status %s (exit %d) does not say %q:\n%s", renewed, code, want, out)
+		}
+	}
+	t.Logf("$ caddy certflow status %s\n%s", renewed, out)
 	t.Logf("certflow renewed %s (request %s) with replaces %s", renewed, res.Request, orders[len(orders)-1].replaces)
 
 	// and back to acme: a reload, then a restart
@@ -272,3 +295,6 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// stampOf is a time as `caddy certflow status` prints it.
+func stampOf(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
