@@ -305,7 +305,7 @@ func (s *renewalSync) pass(ctx context.Context, logger *zap.Logger) {
 		if cfg == nil || cfg.Storage == nil {
 			continue
 		}
-		src := storageID(cfg.Storage) + "|" + inst.issuerKey
+		src := issuer.StorageIdentity(cfg.Storage) + "|" + inst.issuerKey
 		if seen[src] {
 			continue
 		}

@@ -16,8 +16,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -174,6 +172,7 @@ type Issuer struct {
 	proxy    func(*http.Request) (*url.URL, error)
 	proxyKey string
 
+	observer  *observer // events and metrics of this instance (observer.go)
 	engine    *issuer.Engine
 	engineKey string // in enginePool; "" when none is held
 	scheduler *issuer.Scheduler
@@ -195,146 +194,6 @@ type Issuer struct {
 	// dnsProvider is the loaded challenges.dns.provider module; nil when
 	// dns-01 is not configured.
 	dnsProvider certmagic.DNSProvider
-}
-
-// ChallengesConfig enables or disables challenge types.
-type ChallengesConfig struct {
-	// HTTP-01 settings.
-	HTTP *ChallengeTypeConfig `json:"http,omitempty"`
-	// TLS-ALPN-01 settings.
-	TLSALPN *ChallengeTypeConfig `json:"tls-alpn,omitempty"`
-	// DNS-01 settings. DNS-01 is enabled when a provider is configured.
-	DNS *DNSChallengeConfig `json:"dns,omitempty"`
-
-	// The stock acme issuer's host to bind its own challenge listeners
-	// to. Accepted and not needed: certflow starts no listener, Caddy's
-	// own servers answer HTTP-01 and TLS-ALPN-01 from storage.
-	BindHost string `json:"bind_host,omitempty"`
-
-	// The stock acme issuer's switch for answering challenges through
-	// storage. Accepted and not needed: certflow always presents answers
-	// in storage, where every Caddy instance sharing it answers them.
-	Distributed *bool `json:"distributed,omitempty"`
-}
-
-// ChallengeTypeConfig configures one challenge type.
-type ChallengeTypeConfig struct {
-	// Never use this challenge type.
-	Disabled bool `json:"disabled,omitempty"`
-
-	// Use this type even when a DNS provider is configured (which, as in
-	// the stock acme issuer, otherwise makes dns-01 the only type).
-	Enabled bool `json:"enabled,omitempty"`
-
-	// The stock acme issuer's port for its own challenge listener.
-	// Accepted and not needed: certflow starts no listener; Caddy's HTTP
-	// server (HTTP-01, on its http_port) and TLS handshakes (TLS-ALPN-01,
-	// on its https_port) answer, and the CA must reach them on 80 and 443.
-	AlternatePort int `json:"alternate_port,omitempty"`
-}
-
-// DNSChallengeConfig configures the DNS-01 challenge, with the names of the
-// stock acme issuer's challenges.dns. TXT records are added and deleted
-// through a caddy-dns provider module; the zone and the record the provider
-// returned are stored with the challenge, so the record is deleted after a
-// restart or by another instance sharing the storage, and only that record
-// (never another value of the same name). Before the CA is asked to
-// validate, certflow checks that the record is visible: at each of the
-// zone's authoritative nameservers (after following a CNAME on the record
-// name), or at each of the configured resolvers.
-type DNSChallengeConfig struct {
-	// The DNS provider module (dns.providers.*) that manages the TXT
-	// records. Required for DNS-01.
-	ProviderRaw json.RawMessage `json:"provider,omitempty" caddy:"namespace=dns.providers inline_key=name"`
-
-	// The TTL of the TXT records. Default: the provider's.
-	TTL caddy.Duration `json:"ttl,omitempty"`
-
-	// A fixed wait after the record is added, before the first
-	// propagation check (or before the CA is asked to validate, when the
-	// check is off). Default: 0.
-	PropagationDelay caddy.Duration `json:"propagation_delay,omitempty"`
-
-	// How long the propagation check may keep failing before the
-	// challenge fails; -1 skips the check. The check is repeated every
-	// second (or every self_check interval, when that is set).
-	// Default: 2m.
-	PropagationTimeout caddy.Duration `json:"propagation_timeout,omitempty"`
-
-	// DNS resolvers (host or host:port, port 53 by default) the
-	// propagation check asks, each of which must return the value, and
-	// through which the zone is found. Default: the zone's authoritative
-	// nameservers, found through the system's resolvers.
-	Resolvers []string `json:"resolvers,omitempty"`
-
-	// Write the TXT record at this name instead of _acme-challenge.<name>
-	// (the challenge is delegated: _acme-challenge.<name> is a CNAME to
-	// it). Placeholders are expanded when the issuer is provisioned.
-	OverrideDomain string `json:"override_domain,omitempty"`
-
-	// Run challenges that write the same TXT record (a wildcard and its
-	// apex) one at a time in this process, for a provider that replaces a
-	// record's values when it adds one. By default they run at once, each
-	// adding and deleting only its own value, as libdns requires.
-	Serialize bool `json:"serialize,omitempty"`
-}
-
-// SelfCheckConfig configures the self-check that runs before a challenge is
-// accepted. HTTP-01 fetches http://<name>:<port>/.well-known/acme-challenge/<token>
-// and compares the body; TLS-ALPN-01 does a handshake with acme-tls/1 to
-// <name>:<tlsalpn_port> and checks the challenge certificate.
-type SelfCheckConfig struct {
-	// Skip the self-check for HTTP-01 and TLS-ALPN-01.
-	Disabled bool `json:"disabled,omitempty"`
-	// Ask the CA to validate even when every enabled challenge type
-	// failed its self-check (the failures stay recorded on the
-	// challenge): for servers that cannot reach their own public address,
-	// e.g. behind NAT without hairpinning. By default a challenge whose
-	// every type keeps failing its self-check fails (a failure of the
-	// name) without costing a failed validation at the CA.
-	Advisory bool `json:"advisory,omitempty"`
-	// DNS resolvers (host:port) used to resolve the name as the CA would.
-	// Default: the system's resolver.
-	Resolvers []string `json:"resolvers,omitempty"`
-	// The port the HTTP-01 check connects to. Default: 80.
-	HTTPPort int `json:"http_port,omitempty"`
-	// The port the TLS-ALPN-01 check connects to. Default: 443.
-	TLSALPNPort int `json:"tlsalpn_port,omitempty"`
-	// How long to wait between failed checks. Default: 2s (for DNS-01
-	// propagation checks, 1s).
-	Interval caddy.Duration `json:"interval,omitempty"`
-	// How long one check attempt may take, DNS-01 propagation checks
-	// included. Default: 10s.
-	AttemptTimeout caddy.Duration `json:"attempt_timeout,omitempty"`
-	// How long a challenge may keep failing its self-check before it
-	// fails. Default: 2m.
-	Timeout caddy.Duration `json:"timeout,omitempty"`
-}
-
-// OrderRateLimitConfig is a sliding-window limit on new orders.
-type OrderRateLimitConfig struct {
-	// How many new orders per window.
-	Orders int `json:"orders,omitempty"`
-	// The window.
-	Window caddy.Duration `json:"window,omitempty"`
-	// Turn the limit off, including the default.
-	Disabled bool `json:"disabled,omitempty"`
-}
-
-// BackoffConfig is a doubling backoff.
-type BackoffConfig struct {
-	// The first wait. Default: 1m.
-	Initial caddy.Duration `json:"initial,omitempty"`
-	// The longest wait. Default: 6h.
-	Max caddy.Duration `json:"max,omitempty"`
-}
-
-// RetentionConfig bounds the history of finished resources.
-type RetentionConfig struct {
-	// Keep at most this many finished resources of each kind. Default: 1000.
-	MaxCount int `json:"max_count,omitempty"`
-	// Delete finished resources older than this. Default: 168h (7 days).
-	MaxAge caddy.Duration `json:"max_age,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -544,15 +403,17 @@ func (iss *Issuer) certificateKeys(cfg *certmagic.Config) []string {
 	return keys
 }
 
-// PreCheck refuses, before any ACME call, names this issuer can never obtain:
-// names no enabled challenge type can validate, and names a well-known
-// public CA never issues (as the stock acme issuer refuses them); those
-// refusals are final (certmagic.ErrNoRetry). When a handshake waits (on
-// demand), it also refuses a name certflow holds back now — its failure
-// backoff, a hold on the name, its registered domain or the account longer
-// than the handshake can wait, an open circuit to the CA — so that a policy
-// with several issuers (issuers certflow acme) serves the handshake from the
-// next one at once.
+// PreCheck refuses, before anything touches storage or the CA, names
+// certflow does not accept (issuer.CheckName: a name that is not a valid DNS
+// name or IP address in canonical form, or whose storage key another name
+// has), names no enabled challenge type can validate, and names a
+// well-known public CA never issues (as the stock acme issuer refuses
+// them); those refusals are final (certmagic.ErrNoRetry). When a handshake
+// waits (on demand), it also refuses a name certflow holds back now — its
+// failure backoff, a hold on the name, its registered domain or the
+// account longer than the handshake can wait, an open circuit to the CA —
+// so that a policy with several issuers (issuers certflow acme) serves the
+// handshake from the next one at once.
 func (iss *Issuer) PreCheck(ctx context.Context, names []string, _ bool) error {
 	for _, name := range names {
 		if err := iss.canIssue(name); err != nil {
@@ -619,164 +480,6 @@ func (iss *Issuer) GetRenewalInfo(ctx context.Context, cert certmagic.Certificat
 		return acme.RenewalInfo{}, errors.New("no engine or no leaf certificate")
 	}
 	return iss.engine.RenewalInfo(ctx, cert.Leaf)
-}
-
-func (iss *Issuer) selfCheck() SelfCheckConfig {
-	if iss.SelfCheck == nil {
-		return SelfCheckConfig{}
-	}
-	return *iss.SelfCheck
-}
-
-// challengeTypes lists the enabled challenge types in preference order. As
-// in the stock acme issuer, a DNS provider makes dns-01 the only type,
-// unless http-01 or tls-alpn-01 is explicitly enabled.
-func (iss *Issuer) challengeTypes() []string {
-	var types []string
-	c := iss.Challenges
-	if c == nil {
-		c = new(ChallengesConfig)
-	}
-	dns := iss.dnsEnabled()
-	if c.HTTP.use(dns) {
-		types = append(types, acme.ChallengeTypeHTTP01)
-	}
-	if c.TLSALPN.use(dns) {
-		types = append(types, acme.ChallengeTypeTLSALPN01)
-	}
-	if dns {
-		types = append(types, acme.ChallengeTypeDNS01)
-	}
-	return types
-}
-
-// use reports whether a challenge type with this config (nil: none) is
-// enabled, given whether a DNS provider is configured.
-func (c *ChallengeTypeConfig) use(dnsProvider bool) bool {
-	switch {
-	case c != nil && c.Disabled:
-		return false
-	case dnsProvider:
-		return c != nil && c.Enabled
-	default:
-		return true
-	}
-}
-
-// provisionDNS expands placeholders in the DNS override domain and loads
-// the DNS provider module, as the stock acme issuer does. Caddy's global
-// dns option does not reach a third-party issuer, so the provider must be
-// configured here.
-func (iss *Issuer) provisionDNS(ctx caddy.Context, repl *caddy.Replacer) error {
-	if iss.Challenges == nil || iss.Challenges.DNS == nil {
-		return nil
-	}
-	dnsCfg := iss.Challenges.DNS
-	if dnsCfg.OverrideDomain != "" {
-		v, err := repl.ReplaceOrErr(dnsCfg.OverrideDomain, true, true)
-		if err != nil {
-			return fmt.Errorf("expanding DNS override domain %q: %w", dnsCfg.OverrideDomain, err)
-		}
-		dnsCfg.OverrideDomain = v
-	}
-	if dnsCfg.ProviderRaw == nil {
-		return errors.New("DNS challenge settings are given but no DNS provider: add 'dns <provider>' " +
-			"(the provider of Caddy's global dns option, which acme_dns without a provider and tls { dns } " +
-			"without one refer to, does not reach certflow)")
-	}
-	val, err := ctx.LoadModule(dnsCfg, "ProviderRaw")
-	if err != nil {
-		return fmt.Errorf("loading DNS provider module: %w", err)
-	}
-	prov, ok := val.(certmagic.DNSProvider)
-	if !ok {
-		return fmt.Errorf("DNS provider module %T cannot add and delete records "+
-			"(it must be a libdns RecordAppender and RecordDeleter)", val)
-	}
-	iss.dnsProvider = prov
-	return nil
-}
-
-// validateDNS checks the DNS challenge settings.
-func (iss *Issuer) validateDNS() error {
-	if iss.Challenges == nil || iss.Challenges.DNS == nil {
-		return nil
-	}
-	d := iss.Challenges.DNS
-	switch {
-	case d.TTL < 0:
-		return fmt.Errorf("dns ttl must not be negative, got %s", time.Duration(d.TTL))
-	case d.PropagationDelay < 0:
-		return fmt.Errorf("propagation_delay must not be negative, got %s", time.Duration(d.PropagationDelay))
-	case d.PropagationTimeout < 0 && d.PropagationTimeout != -1:
-		return fmt.Errorf("propagation_timeout must be positive, or -1 to skip the propagation check, got %s",
-			time.Duration(d.PropagationTimeout))
-	}
-	for _, r := range d.Resolvers {
-		if err := checkDNSResolver(r); err != nil {
-			return fmt.Errorf("dns resolver %q: %w", r, err)
-		}
-	}
-	if d.OverrideDomain != "" && (strings.ContainsAny(d.OverrideDomain, " */:@") || strings.Trim(d.OverrideDomain, ".") == "") {
-		return fmt.Errorf("dns challenge override domain %q is not a domain name", d.OverrideDomain)
-	}
-	return nil
-}
-
-// checkDNSResolver accepts host or host:port, as the stock acme issuer's
-// resolvers (port 53 when none is given).
-func checkDNSResolver(r string) error {
-	host, port, err := net.SplitHostPort(r)
-	if err != nil {
-		host, port = strings.Trim(r, "[]"), "53"
-	}
-	if host == "" || strings.ContainsAny(host, " /") {
-		return errors.New("not a host or host:port")
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("invalid port %q", port)
-	}
-	return nil
-}
-
-// dnsEnabled reports whether dns-01 is configured: a provider is (or, before
-// Provision, will be) loaded.
-func (iss *Issuer) dnsEnabled() bool {
-	if iss.dnsProvider != nil {
-		return true
-	}
-	return iss.Challenges != nil && iss.Challenges.DNS != nil && iss.Challenges.DNS.ProviderRaw != nil
-}
-
-// dns01Config is the DNS-01 solver's configuration. The self_check
-// interval and attempt timeout, when set, also pace the propagation check.
-func (iss *Issuer) dns01Config() solvers.DNS01Config {
-	d := iss.Challenges.DNS
-	return solvers.DNS01Config{
-		Provider:           iss.dnsProvider,
-		TTL:                time.Duration(d.TTL),
-		PropagationDelay:   time.Duration(d.PropagationDelay),
-		PropagationTimeout: time.Duration(d.PropagationTimeout),
-		Resolvers:          d.Resolvers,
-		OverrideDomain:     d.OverrideDomain,
-		Serialize:          d.Serialize,
-		Interval:           time.Duration(iss.selfCheck().Interval),
-		AttemptTimeout:     time.Duration(iss.selfCheck().AttemptTimeout),
-		Logger:             iss.logger.Named("dns01"),
-	}
-}
-
-func (iss *Issuer) buildSolvers(storage certmagic.Storage) map[string]solvers.Solver {
-	cfg := iss.solverCfg
-	cfg.Storage = storage
-	m := map[string]solvers.Solver{
-		acme.ChallengeTypeHTTP01:    solvers.NewHTTP01(cfg),
-		acme.ChallengeTypeTLSALPN01: solvers.NewTLSALPN01(cfg),
-	}
-	if iss.dnsProvider != nil {
-		m[acme.ChallengeTypeDNS01] = solvers.NewDNS01(iss.dns01Config())
-	}
-	return m
 }
 
 // StateKeyForCA is the key of certflow's own resources for a CA

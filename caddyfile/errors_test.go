@@ -211,6 +211,18 @@ func TestAdaptErrors(t *testing.T) {
 			wantLine:  4,
 		},
 		{
+			name:      "self_check advisory takes no argument",
+			caddyfile: siteWith("self_check {", "\tadvisory yes", "}"),
+			wantMsg:   "wrong argument count",
+			wantLine:  5,
+		},
+		{
+			name:      "self_check off and advisory",
+			caddyfile: siteWith("self_check {", "\tadvisory", "}", "self_check off"),
+			wantMsg:   "self_check is off, so the self_check options would be ignored",
+			wantLine:  7,
+		},
+		{
 			name:      "self_check off and self_check options",
 			caddyfile: siteWith("self_check {", "\tport 8080", "}", "self_check off"),
 			wantMsg:   "self_check is off, so the self_check options would be ignored",
