@@ -214,8 +214,13 @@ func noteRenewal(ctx context.Context, storage certmagic.Storage, stateKey string
 		if old.Name == e.Name {
 			// a node still serving an earlier certificate of the name
 			// replaces it too
-			e.Replaced = append(append(old.Replaced, old.Serial), e.Replaced...)
-			e.Replaced = slices.DeleteFunc(e.Replaced, func(s string) bool { return s == e.Serial })
+			var merged []string
+			for _, s := range append(append(old.Replaced, old.Serial), e.Replaced...) {
+				if s != e.Serial && !slices.Contains(merged, s) {
+					merged = append(merged, s)
+				}
+			}
+			e.Replaced = merged
 			if n := len(e.Replaced); n > maxReplacedSerials {
 				e.Replaced = e.Replaced[n-maxReplacedSerials:]
 			}
@@ -301,6 +306,9 @@ func (s *renewalSync) run(logger *zap.Logger) {
 func (s *renewalSync) pass(ctx context.Context, logger *zap.Logger) {
 	seen := map[string]bool{}
 	for _, inst := range registeredIssuers() {
+		if inst.renewal == nil {
+			continue
+		}
 		cfg := inst.renewal.magic.Load()
 		if cfg == nil || cfg.Storage == nil {
 			continue
