@@ -20,8 +20,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/certflow/certflow/cmd/certflow-bench/bench"
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/internal/bench"
 	"github.com/certflow/certflow/issuer"
 	"github.com/certflow/certflow/solvers"
 )
