@@ -18,7 +18,7 @@ type balancer struct {
 	backends []string
 	port     int
 	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
+	conns    map[net.Conn]string // open connections: to a backend (its address), or from a client ("")
 	wg       sync.WaitGroup
 	dialFail atomic.Int64
 }
@@ -29,7 +29,7 @@ func startBalancer(t *testing.T) *balancer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &balancer{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, conns: map[net.Conn]struct{}{}}
+	b := &balancer{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, conns: map[net.Conn]string{}}
 	b.wg.Add(1)
 	go b.serve()
 	t.Cleanup(b.close)
@@ -42,14 +42,30 @@ func (b *balancer) setBackends(addrs []string) {
 	b.backends = append([]string(nil), addrs...)
 }
 
-func (b *balancer) track(c net.Conn, add bool) {
+// track adds (add) or removes an open connection; backend is the address
+// it goes to, "" for a client's.
+func (b *balancer) track(c net.Conn, backend string, add bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if add {
-		b.conns[c] = struct{}{}
+		b.conns[c] = backend
 	} else {
 		delete(b.conns, c)
 	}
+}
+
+// openTo returns how many connections to backend are open; "" counts every
+// backend's.
+func (b *balancer) openTo(backend string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, to := range b.conns {
+		if to != "" && (backend == "" || to == backend) {
+			n++
+		}
+	}
+	return n
 }
 
 func (b *balancer) serve() {
@@ -68,16 +84,17 @@ func (b *balancer) serve() {
 }
 
 func (b *balancer) proxy(c net.Conn) {
-	b.track(c, true)
-	defer func() { b.track(c, false); _ = c.Close() }()
+	b.track(c, "", true)
+	defer func() { b.track(c, "", false); _ = c.Close() }()
 	b.mu.Lock()
 	backends := append([]string(nil), b.backends...)
 	b.mu.Unlock()
 	var up net.Conn
+	var backend string
 	for _, i := range rand.Perm(len(backends)) {
 		conn, err := net.DialTimeout("tcp", backends[i], time.Second)
 		if err == nil {
-			up = conn
+			up, backend = conn, backends[i]
 			break
 		}
 		b.dialFail.Add(1)
@@ -85,8 +102,8 @@ func (b *balancer) proxy(c net.Conn) {
 	if up == nil {
 		return
 	}
-	b.track(up, true)
-	defer func() { b.track(up, false); _ = up.Close() }()
+	b.track(up, backend, true)
+	defer func() { b.track(up, backend, false); _ = up.Close() }()
 	done := make(chan struct{}, 2)
 	go func() { _, _ = io.Copy(up, c); closeWrite(up); done <- struct{}{} }()
 	go func() { _, _ = io.Copy(c, up); closeWrite(c); done <- struct{}{} }()

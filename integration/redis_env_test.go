@@ -331,6 +331,7 @@ func (re *redisEnv) handshakeAll(names []string, conc, attempts int, timeout tim
 				if r.attempts >= attempts {
 					break
 				}
+				// a client's pause before it tries again: nothing to wait for
 				time.Sleep(200 * time.Millisecond)
 			}
 			mu.Lock()

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -130,6 +131,7 @@ func TestRedisCluster(t *testing.T) {
 			t.Errorf("certflow listed storage %v times while issuing %d names, want at most %v (maintenance only): a list on the handshake path?", lists, ok, limit)
 		}
 	}
+	checkNoStorageErrors(t, callsBefore, callsAfter)
 	re.checkOneOrderEach(phase1, true)
 	if t.Failed() {
 		t.Fatalf("phase 1 failed\n%s", re.logTails(30))
@@ -139,21 +141,28 @@ func TestRedisCluster(t *testing.T) {
 	phase2 := namesN("p2", 0, 60)
 	var res2 map[string]hsResult
 	done := make(chan struct{})
+	ordersBefore := re.ca.Count(rig.KindNewOrder)
 	start = time.Now()
 	go func() {
 		defer close(done)
 		res2 = re.handshakeAll(phase2, conc, 2, 30*time.Second)
 	}()
 	stuck := time.AfterFunc(45*time.Second, func() { re.dumpGoroutines(); dumpSelf(t) })
-	time.Sleep(700 * time.Millisecond)
+	// mid-way: a first wave of orders is at the CA, the rest to come
+	waitFor(t, fmt.Sprintf("the CA to see %d new-orders of phase 2", conc), pollMax, func() bool {
+		return re.ca.Count(rig.KindNewOrder)-ordersBefore >= conc
+	})
 	killed := re.nodes[2]
 	// the balancers stop sending new connections to the node first (as a
-	// load balancer draining it would), so that the CA's validations are
-	// not cut by the kill; its handshakes and orders in flight are
+	// load balancer draining it would), and the CA's validations already
+	// going to it finish, so that none is cut by the kill; its handshakes
+	// and orders in flight are
 	httpsAll, httpAll := re.backends()
 	re.httpsLB.setBackends(httpsAll[:2])
 	re.httpLB.setBackends(httpAll[:2])
-	time.Sleep(300 * time.Millisecond)
+	waitFor(t, "the CA's validations through node "+killed.name+" to end", pollMax, func() bool {
+		return re.httpLB.openTo(httpAll[2]) == 0
+	})
 	re.killedAt = time.Now()
 	if err := killed.proc.Kill(); err != nil {
 		t.Fatal(err)
@@ -180,11 +189,14 @@ func TestRedisCluster(t *testing.T) {
 		defer close(done)
 		resOut = re.handshakeAll(outage, 10, 1, 20*time.Second)
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitFor(t, "the handshakes for the outage names to reach the nodes", pollMax, func() bool {
+		return re.httpsLB.openTo("") >= len(outage)
+	})
 	outStart := time.Now()
 	if err := re.redis.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	// the outage itself: Redis stays down this long whatever the nodes do
 	time.Sleep(1500 * time.Millisecond)
 	if err := re.redis.Restart(); err != nil {
 		t.Fatal(err)
@@ -276,16 +288,26 @@ func TestRedisCluster(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(lease + 2*time.Second)
-	locks, err = re.redis.Keys(ctx, re.prefix+"/locks/*")
-	if err != nil {
-		t.Fatal(err)
+	// polled until none is left, failing past the lease and a margin
+	killedAll := time.Now()
+	for {
+		locks, err = re.redis.Keys(ctx, re.prefix+"/locks/*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(locks) == 0 {
+			t.Logf("no lock key left %s after every node was killed", time.Since(killedAll).Round(time.Millisecond))
+			break
+		}
+		if time.Since(killedAll) > lease+2*time.Second {
+			for _, k := range locks {
+				ttl, _ := re.redis.Client().PTTL(ctx, k).Result()
+				t.Errorf("lock key %s outlived its lease: still there %s after every node was killed (ttl %s)", k, lease+2*time.Second, ttl)
+			}
+			break
+		}
+		time.Sleep(pollEvery)
 	}
-	for _, k := range locks {
-		ttl, _ := re.redis.Client().PTTL(ctx, k).Result()
-		t.Errorf("lock key %s outlived its lease: still there %s after every node was killed (ttl %s)", k, lease+2*time.Second, ttl)
-	}
-	t.Logf("lock keys left %s after every node was killed: %d", lease+2*time.Second, len(locks))
 }
 
 // TestRedisOutageKeepsBackoff: absence is not proof. A name in backoff is
