@@ -1,19 +1,14 @@
 package issuer
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
-	"runtime/pprof"
-	"strconv"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/certflow/certflow/internal/memtest"
 )
 
 // queueFigures is what a full scheduler queue costs.
@@ -34,68 +29,11 @@ type queueFigures struct {
 	// callers' included: exactly 1, the caller's own.
 	goroutinesPerQueued float64
 	// schedulerGoroutines is what the scheduler started itself, counted
-	// among the goroutines descending from the measurement's (see
-	// labeledGoroutines): 0.
+	// among the goroutines descending from the measurement's
+	// (memtest.Label): 0.
 	schedulerGoroutines int
 	// fullTook is how long an Acquire past MaxQueued took to fail.
 	fullTook time.Duration
-}
-
-// liveHeap returns the live heap and stack in use after a full collection.
-// Two collections, so objects freed by finalizers of the first are gone too.
-func liveHeap() (heap, stack uint64) {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc, ms.StackInuse
-}
-
-// queueLabel is the pprof label key under which measureQueue starts its
-// goroutines.
-const queueLabel = "certflow-queue-measurement"
-
-var queueMeasurements atomic.Int64
-
-// labeledGoroutines counts the goroutines carrying the pprof label
-// key=value: those started under pprof.Do with it and every goroutine they
-// started in turn, whatever else runs in the process.
-func labeledGoroutines(tb testing.TB, key, value string) int {
-	tb.Helper()
-	var buf bytes.Buffer
-	if err := pprof.Lookup("goroutine").WriteTo(&buf, 1); err != nil {
-		tb.Fatalf("goroutine profile: %v", err)
-	}
-	// records are "<count> @ <pcs>", then "# labels: {...}" when labelled
-	want := strconv.Quote(key) + ":" + strconv.Quote(value)
-	n, count := 0, 0
-	sc := bufio.NewScanner(&buf)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if c, rest, ok := strings.Cut(line, " @ "); ok && rest != "" {
-			count, _ = strconv.Atoi(c)
-			continue
-		}
-		if labels, ok := strings.CutPrefix(line, "# labels: "); ok && strings.Contains(labels, want) {
-			n += count
-		}
-	}
-	return n
-}
-
-// waitLabeledGoroutines waits (bounded) until at most want goroutines carry
-// the label, and returns the last count seen.
-func waitLabeledGoroutines(tb testing.TB, key, value string, want int, timeout time.Duration) int {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		n := labeledGoroutines(tb, key, value)
-		if n <= want || time.Now().After(deadline) {
-			return n
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // measureQueue fills a scheduler whose single slot is held with n tickets,
@@ -104,17 +42,22 @@ func waitLabeledGoroutines(tb testing.TB, key, value string, want int, timeout t
 // more fails at once with ErrQueueFull, then empties the queue (half the
 // callers give up, the other half get the slot in turn) and checks that
 // every goroutine is gone. Everything that could start a goroutine — the
-// scheduler's construction, every Acquire — runs under a pprof label of its
-// own, so the goroutines counted are the measurement's and their
-// descendants, whatever else runs in the process. Anything unexpected fails
+// scheduler's construction, every Acquire — runs under a label of its own
+// (memtest.Label), so the goroutines counted are the measurement's and
+// their descendants, whatever else runs in the process. Anything unexpected fails
 // tb, and the figures are returned for the caller to bound and report.
 func measureQueue(tb testing.TB, n int) queueFigures {
 	tb.Helper()
-	label := fmt.Sprint(queueMeasurements.Add(1))
-	labelled := func(f func()) {
-		pprof.Do(context.Background(), pprof.Labels(queueLabel, label), func(context.Context) { f() })
+	label := memtest.NewLabel()
+	labelled := label.Do
+	goroutines := func() int {
+		tb.Helper()
+		n, err := label.Goroutines()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return n
 	}
-	goroutines := func() int { return labeledGoroutines(tb, queueLabel, label) }
 
 	var s *Scheduler
 	var holder func()
@@ -174,10 +117,10 @@ func measureQueue(tb testing.TB, n int) queueFigures {
 	}()
 
 	callers := goroutines()
-	heap0, stack0 := liveHeap()
+	heap0, stack0 := memtest.Live()
 	close(gate)
 	waitQueued(tb, s, n)
-	heap1, stack1 := liveHeap()
+	heap1, stack1 := memtest.Live()
 	queuedGoroutines := goroutines()
 
 	f := queueFigures{
@@ -237,42 +180,15 @@ func measureQueue(tb testing.TB, n int) queueFigures {
 	if live, q := s.Stats(); live != 0 || q != 0 {
 		tb.Errorf("after emptying the queue: live %d, queued %d; want 0, 0", live, q)
 	}
-	if left := waitLabeledGoroutines(tb, queueLabel, label, 0, 10*time.Second); left != 0 {
-		tb.Errorf("goroutines after emptying the queue: %d of the measurement's left, want 0", left)
+	if left, err := label.WaitGoroutines(0, 10*time.Second); err != nil || left != 0 {
+		tb.Errorf("goroutines after emptying the queue: %d of the measurement's left (%v), want 0", left, err)
 	}
 	return f
 }
 
-// sudogLayout has the fields of the runtime's sudog (runtime/runtime2.go):
-// the record of a goroutine parked on a channel. A select parks with one per
-// case.
-type sudogLayout struct {
-	g, next, prev, elem      unsafe.Pointer
-	acquiretime, releasetime int64
-	ticket                   uint32
-	isSelect, success        bool
-	waiters                  uint16
-	parent, waitlink         unsafe.Pointer
-	waittail, c              unsafe.Pointer
-}
-
-// heapPerObject returns the live heap each of n values made by mk takes
-// (its allocation size class included): n held at once, measured after a
-// collection.
-func heapPerObject(n int, mk func() any) float64 {
-	held := make([]any, n)
-	heap0, _ := liveHeap()
-	for i := range held {
-		held[i] = mk()
-	}
-	heap1, _ := liveHeap()
-	runtime.KeepAlive(held)
-	return (float64(heap1) - float64(heap0)) / float64(n)
-}
-
 // queueBound is the most heap the scheduler may hold per queued ticket,
 // summed from what a queued ticket is made of, each measured as allocated
-// (heapPerObject) rather than assumed.
+// (memtest.HeapPer) rather than assumed.
 type queueBound struct {
 	// ticket is the scheduler's *ticket.
 	ticket float64
@@ -290,9 +206,9 @@ type queueBound struct {
 
 func measureQueueBound(n int) queueBound {
 	return queueBound{
-		ticket: heapPerObject(n, func() any { return new(ticket) }),
-		ready:  heapPerObject(n, func() any { return make(chan struct{}) }),
-		sudogs: 2 * heapPerObject(n, func() any { return new(sudogLayout) }),
+		ticket: memtest.HeapPer(n, func(int) any { return new(ticket) }),
+		ready:  memtest.HeapPer(n, func(int) any { return make(chan struct{}) }),
+		sudogs: 2 * memtest.HeapPer(n, func(int) any { return new(memtest.Sudog) }),
 		slots:  2 * float64(unsafe.Sizeof((*ticket)(nil))),
 	}
 }
