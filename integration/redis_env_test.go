@@ -507,9 +507,6 @@ func (re *redisEnv) waitStorageAnswers(name string, timeout time.Duration) {
 	}
 }
 
-// storageCallsMetric is certflow's count of its own storage calls.
-const storageCallsMetric = "certflow_storage_operations_total"
-
 // storageCalls scrapes every live node's /metrics (admin endpoint) and
 // returns certflow_storage_operations_total summed over them, by
 // "operation/outcome". A killed node's counts die with it: compare only
@@ -603,12 +600,6 @@ func storageCallsReport(before, after map[string]float64, per float64) (total fl
 	}
 	return total, byOp, strings.Join(parts, " ")
 }
-
-// maxListsPerNodePass bounds the storage lists a node makes that do not
-// belong to any handshake: one maintenance pass (3s after start, then
-// hourly) lists requests, orders and challenges for retention and the
-// challenges again for leftovers.
-const maxListsPerNodePass = 4
 
 // checkOneOrderEach fails t for every name the CA saw more than one
 // new-order for (and, when wantOne, for names with none).
