@@ -36,7 +36,9 @@ func init() {
 //	GET  /certflow/orders                Orders, newest first
 //	GET  /certflow/challenges            Challenges, newest first
 //	GET  /certflow/status/<name>         where one name stands (see nameStatus)
-//	POST /certflow/retry/<name>          clear the name's failure backoff
+//	POST /certflow/retry/<name>          clear the name's failure backoff and its own hold
+//	GET  /certflow/holds                 holds on names, registered domains and accounts
+//	DELETE /certflow/holds/<key>         clear one hold (see admin_holds.go)
 //
 // The lists take ?name= (the certificate's name; for challenges the
 // identifier), ?state= (challenge states also with '_' for '-', e.g.
@@ -128,6 +130,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.handleStatus(w, r, arg)
+	case first == "holds":
+		return a.handleHolds(w, r, arg)
 	case hasArg && first == "retry":
 		if err := allowMethod(r, http.MethodPost); err != nil {
 			return err
@@ -318,6 +322,14 @@ type NameStatus struct {
 	Failing bool `json:"failing"`
 	// NextAttempt is when a failing name may be tried again.
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	// Holds are the holds in force over the name (its own, its registered
+	// domain's, the account's) and Circuits this process's circuits to the
+	// CA that are open.
+	Holds    []issuer.Hold `json:"holds,omitempty"`
+	Circuits []CircuitView `json:"circuits,omitempty"`
+	// Admission is this node's cached answer of the permission module
+	// (tls.permission.certflow) for the name, if any.
+	Admission *AdmissionStatus `json:"admission,omitempty"`
 }
 
 // CertificateInfo describes the stored certificate of a name.
@@ -346,7 +358,7 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request, rawName 
 		return err
 	}
 	st, err := a.status(r.Context(), name)
-	if err != nil {
+	if st, err = withAdmission(st, err, name); err != nil {
 		return err
 	}
 	return writeJSON(w, r, st)
@@ -396,7 +408,11 @@ func (a *adminAPI) status(ctx context.Context, name string) (*NameStatus, error)
 			return nil, caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: firstErr}
 		}
 		if certOnly != nil {
+			addHolds(ctx, certOnly, sourceOf(srcs, certOnly.IssuerKey))
 			return certOnly, nil
+		}
+		if held := holdsOnlyStatus(ctx, srcs, name); held != nil {
+			return held, nil
 		}
 		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%w: %s", issuer.ErrUnknownName, name)}
 	}
@@ -405,6 +421,7 @@ func (a *adminAPI) status(ctx context.Context, name string) (*NameStatus, error)
 	if best.Record != nil && best.Record.NextAttempt.After(time.Now()) {
 		best.NextAttempt = best.Record.NextAttempt
 	}
+	addHolds(ctx, best, bestSrc)
 	return best, nil
 }
 
@@ -486,6 +503,9 @@ func (a *adminAPI) handleRetry(w http.ResponseWriter, r *http.Request, rawName s
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("clearing the backoff of %s: %w", name, err)}
 		}
 		cleared++
+	}
+	if err := clearNameHolds(r.Context(), srcs, name); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("clearing the hold on %s: %w", name, err)}
 	}
 	if cleared == 0 {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%w: %s", issuer.ErrUnknownName, name)}

@@ -26,19 +26,10 @@ func TestRedact(t *testing.T) {
 	}
 }
 
-func TestOrderCreationAndTypes(t *testing.T) {
+func TestOrderChallengeTypes(t *testing.T) {
 	var o orderChallengeTypes
-	created := issuer.Order{ID: "o1", State: issuer.OrderPending}
-	if !o.isCreation(created) {
-		t.Fatal("a new pending order was not taken as created")
-	}
+	o.note("o1", "")
 	o.note("o1", "http-01")
-	if o.isCreation(issuer.Order{ID: "o1", State: issuer.OrderReady}) {
-		t.Fatal("a later report of the same order was taken as created")
-	}
-	if o.isCreation(issuer.Order{ID: "o2", State: issuer.OrderPending, Reason: "transient"}) {
-		t.Fatal("a pending order with a reason (resumed, failed transiently) was taken as created")
-	}
 	if got := o.finish(issuer.Order{ID: "o1", Challenges: []string{"c1"}}); got != "http-01" {
 		t.Fatalf("type label %q, want http-01", got)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -173,8 +174,18 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 		line("", "Issuer key", "%s", st.IssuerKey)
 	}
 	line("", "Status", "%s", summary(st, now))
+	if a := st.Admission; a != nil {
+		line("", "Admission", "%s", admissionLine(a, now))
+	}
 	if st.Failing && st.Record != nil && st.Record.LastError != "" && (st.Request == nil || st.Request.Reason != st.Record.LastError) {
 		line("", "Last error", "%s", oneLine(st.Record.LastError, 0))
+	}
+
+	for _, h := range st.Holds {
+		line("", "Held", "new orders for %s until %s (%s): %s; %s", h.Scope, stamp(h.Until), relative(h.Until, now), h.Limit, oneLine(h.Reason, 0))
+	}
+	for _, c := range st.Circuits {
+		line("", "CA circuit", "%s since %s (%d failures; next probe %s): %s", c.State, stamp(c.Since), c.Failures, stamp(c.Until), oneLine(c.Reason, 0))
 	}
 
 	if c := st.Certificate; c != nil {
@@ -268,6 +279,9 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 		if ch.SelfChecks > 0 {
 			line("      ", "Failed Self-checks", "%d", ch.SelfChecks)
 		}
+		for _, typ := range sortedKeys(ch.SelfCheckFailures) {
+			line("      ", "Last failure ("+typ+")", "%s", oneLine(ch.SelfCheckFailures[typ], 0))
+		}
 	}
 	if st.Failing {
 		fmt.Fprintf(tw, "\n%s is failing.\n", st.Name)
@@ -285,8 +299,10 @@ func summary(st *NameStatus, now time.Time) string {
 		}
 		return fmt.Sprintf("Failing: backing off after %d failed attempt(s); next attempt %s (%s)",
 			failures, stamp(st.NextAttempt), relative(st.NextAttempt, now))
+	case len(st.Holds) > 0:
+		return fmt.Sprintf("Held: new orders for %s are held until %s (%s)", st.Holds[0].Scope, stamp(st.NextAttempt), relative(st.NextAttempt, now))
 	case cr != nil && cr.State == issuer.RequestFailed:
-		return "Failing: the latest request failed; the next handshake or renewal tries again"
+		return fmt.Sprintf("Failing: the latest request failed (charged to %s); the next handshake or renewal tries again", chargedLabel(cr.ChargedTo))
 	case cr != nil && cr.State == issuer.RequestPending:
 		return "Issuing: a certificate request is in progress"
 	case st.Certificate != nil && !st.Certificate.NotAfter.After(now):
@@ -340,4 +356,20 @@ func oneLine(s string, max int) string {
 		return string(r[:keep/2]) + " … " + string(r[len(r)-(keep-keep/2):])
 	}
 	return s
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func chargedLabel(p issuer.Party) string {
+	if p == "" {
+		return "the name"
+	}
+	return string(p)
 }

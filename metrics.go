@@ -123,14 +123,14 @@ func init() {
 		Namespace: metricsNamespace, Name: "scheduler_live_challenges",
 		Help: "Challenges in flight (scheduled until final) in this process.",
 	}, func() float64 {
-		live, _ := issuer.DefaultScheduler().Stats()
+		live, _ := schedulerStats()
 		return float64(live)
 	})
 	m.schedulerQueued = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: metricsNamespace, Name: "scheduler_queued_challenges",
 		Help: "Challenges waiting for a scheduler slot in this process.",
 	}, func() float64 {
-		_, queued := issuer.DefaultScheduler().Stats()
+		_, queued := schedulerStats()
 		return float64(queued)
 	})
 	m.storageOps = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -185,4 +185,13 @@ func statusClass(status int) string {
 		return "error"
 	}
 	return strconv.Itoa(status/100) + "xx"
+}
+
+// schedulerStats are the process's scheduler's live and queued challenges
+// (zero while no certflow issuer is provisioned).
+func schedulerStats() (live, queued int) {
+	if s := Scheduler(); s != nil {
+		return s.Stats()
+	}
+	return 0, 0
 }

@@ -114,7 +114,8 @@ type Issuer struct {
 	shadow *caddytls.ACMEIssuer
 
 	engine    *issuer.Engine
-	engineKey string
+	engineKey string // in enginePool; "" when none is held
+	scheduler *issuer.Scheduler
 	solverCfg solvers.Config
 	options   *atomic.Pointer[issuer.Options] // the latest SetConfig's; set in Provision
 	issuerKey string
@@ -193,6 +194,13 @@ type DNSChallengeConfig struct {
 type SelfCheckConfig struct {
 	// Skip the self-check for HTTP-01 and TLS-ALPN-01.
 	Disabled bool `json:"disabled,omitempty"`
+	// Ask the CA to validate even when every enabled challenge type
+	// failed its self-check (the failures stay recorded on the
+	// challenge): for servers that cannot reach their own public address,
+	// e.g. behind NAT without hairpinning. By default a challenge whose
+	// every type keeps failing its self-check fails (a failure of the
+	// name) without costing a failed validation at the CA.
+	Advisory bool `json:"advisory,omitempty"`
 	// DNS resolvers (host:port) used to resolve the name as the CA would.
 	// Default: the system's resolver.
 	Resolvers []string `json:"resolvers,omitempty"`
@@ -285,28 +293,9 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	account := issuer.AccountConfig{
-		CA:                   iss.CA,
-		Email:                iss.Email,
-		AccountKeyFile:       iss.AccountKeyFile,
-		EAB:                  iss.ExternalAccount,
-		TrustedRootsPEMFiles: iss.TrustedRootsPEMFiles,
-		RequestTimeout:       time.Duration(iss.ACMETimeout),
+	if err := iss.acquireEngine(); err != nil {
+		return err
 	}
-	if l := iss.OrderRateLimit; l != nil {
-		account.OrderRateLimit = issuer.OrderRateLimit{Orders: l.Orders, Window: time.Duration(l.Window), Disabled: l.Disabled}
-	}
-	engine, key, err := issuer.AcquireEngine(account, iss.logger)
-	if err != nil {
-		return fmt.Errorf("setting up the ACME client for %s: %w", iss.CA, err)
-	}
-	iss.engine, iss.engineKey = engine, key
-
-	issuer.DefaultScheduler().Configure(issuer.SchedulerLimits{
-		MaxLive:   iss.MaxConcurrentChallenges,
-		MaxQueued: iss.MaxQueuedChallenges,
-	})
-
 	iss.solverCfg = solvers.Config{
 		IssuerKey:      iss.issuerKey,
 		Resolvers:      iss.selfCheck().Resolvers,
@@ -368,10 +357,7 @@ func (iss *Issuer) Cleanup() error {
 	// the index markers held back for merging (issuer.indexWriter) are
 	// written now: when Caddy stops, nothing else would
 	issuer.FlushIndex(cleanupFlushTimeout)
-	if iss.engineKey != "" {
-		return issuer.ReleaseEngine(iss.engineKey)
-	}
-	return nil
+	return iss.releaseEngine()
 }
 
 // SetConfig is called by Caddy with the policy's certmagic config, possibly
@@ -387,6 +373,8 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 		ChallengeTypes:    iss.challengeTypes(),
 		Solvers:           iss.buildSolvers(storage),
 		SelfCheckDisabled: iss.selfCheck().Disabled,
+		SelfCheckAdvisory: iss.selfCheck().Advisory,
+		PolicyID:          iss.policyID(),
 		SelfCheckInterval: time.Duration(iss.selfCheck().Interval),
 		SelfCheckTimeout:  time.Duration(iss.selfCheck().Timeout),
 		ChallengeTimeout:  time.Duration(iss.ChallengeTimeout),
@@ -428,12 +416,27 @@ func (iss *Issuer) IssuerKey() string {
 }
 
 // PreCheck refuses, before any ACME call, names this issuer can never obtain
-// with its enabled challenge types. Refusals are final (certmagic.ErrNoRetry).
-func (iss *Issuer) PreCheck(_ context.Context, names []string, _ bool) error {
+// with its enabled challenge types; those refusals are final
+// (certmagic.ErrNoRetry). When a handshake waits (on demand), it also
+// refuses a name certflow holds back now — its failure backoff, a hold on
+// the name, its registered domain or the account longer than the
+// handshake can wait, an open circuit to the CA — so that a policy with
+// several issuers (issuers certflow acme) serves the handshake from the
+// next one at once.
+func (iss *Issuer) PreCheck(ctx context.Context, names []string, _ bool) error {
 	types := iss.challengeTypes()
 	for _, name := range names {
 		if err := issuer.CanIssue(name, types); err != nil {
 			return certmagic.ErrNoRetry{Err: err}
+		}
+	}
+	if hello, _ := ctx.Value(certmagic.ClientHelloInfoCtxKey).(*tls.ClientHelloInfo); hello == nil || iss.engine == nil {
+		return nil
+	}
+	now := time.Now()
+	for _, name := range names {
+		if r, refused := iss.engine.RefusalFor(iss.issuerKey, name, now); refused {
+			return certmagic.ErrNoRetry{Err: fmt.Errorf("%s: %s (next attempt at %s)", name, r.Reason, r.Until.UTC().Format(time.RFC3339))}
 		}
 	}
 	return nil
@@ -465,7 +468,7 @@ func (iss *Issuer) Revoke(ctx context.Context, cert certmagic.CertificateResourc
 	if iss.engine == nil || opts == nil {
 		return errors.New("certflow issuer used before it was provisioned and configured")
 	}
-	return iss.engine.Revoke(ctx, opts.Storage, cert.CertificatePEM, cert.PrivateKeyPEM, reason)
+	return iss.engine.Revoke(ctx, opts, cert.CertificatePEM, cert.PrivateKeyPEM, reason)
 }
 
 // GetRenewalInfo returns the CA's ARI renewal window for the certificate.

@@ -104,23 +104,34 @@ func (o *observer) RequestChanged(cr issuer.CertificateRequest) {
 	})
 }
 
+// OrderCreated implements issuer.Observer.
+func (o *observer) OrderCreated(ord issuer.Order, took time.Duration) {
+	if o == nil {
+		return
+	}
+	o.orders.note(ord.ID, "")
+	metrics.orderCreation.Observe(took.Seconds())
+	if issuer.IsFinal(issuer.KindOrder, ord.State) {
+		metrics.orders.WithLabelValues(ord.State, o.orders.finish(ord)).Inc()
+	}
+	o.emitOrder(EventOrderCreated, ord, took, true)
+}
+
 // OrderChanged implements issuer.Observer.
 func (o *observer) OrderChanged(ord issuer.Order, took time.Duration) {
 	if o == nil {
 		return
 	}
-	created := o.orders.isCreation(ord)
-	event := OrderEventName(ord.State)
-	switch {
-	case created:
-		event = EventOrderCreated
-		metrics.orderCreation.Observe(took.Seconds())
-	case ord.State == issuer.OrderValid:
+	if ord.State == issuer.OrderValid {
 		metrics.finalize.Observe(took.Seconds())
 	}
-	if isFinalOrderState(ord.State) {
+	if issuer.IsFinal(issuer.KindOrder, ord.State) {
 		metrics.orders.WithLabelValues(ord.State, o.orders.finish(ord)).Inc()
 	}
+	o.emitOrder(OrderEventName(ord.State), ord, took, false)
+}
+
+func (o *observer) emitOrder(event string, ord issuer.Order, took time.Duration, created bool) {
 	o.emit(event, func() map[string]any {
 		d := map[string]any{
 			"name":        ord.Name,
@@ -229,12 +240,8 @@ func (o *observer) BackoffStarted(name string, until time.Time, reason string) {
 	})
 }
 
-func isFinalOrderState(state string) bool {
-	return state == issuer.OrderValid || state == issuer.OrderInvalid || state == issuer.OrderErrored
-}
-
-// orderChallengeTypes remembers, per order in flight, whether the engine
-// reported its creation and which challenge types its challenges used, so
+// orderChallengeTypes remembers, per order in flight, which challenge
+// types its challenges used, so
 // an order's final outcome can be counted by challenge type without a
 // per-domain label. Entries go when the order is final; the map is bounded
 // by the orders in flight in this process (themselves bounded by the
@@ -254,26 +261,6 @@ const (
 	orderNotesSweepAt = 4096
 	orderNoteMaxAge   = 24 * time.Hour
 )
-
-// isCreation tells the engine's report of a new order from later changes,
-// and remembers the order. The engine reports a new order once, right after
-// creating it, in state pending or ready, with no reason, no challenge and
-// not finalized; a later report has another state, or a reason (pending
-// after a transient failure), or challenges — or is for an order already
-// seen here.
-func (t *orderChallengeTypes) isCreation(o issuer.Order) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if _, seen := t.m[o.ID]; seen {
-		return false
-	}
-	fresh := (o.State == issuer.OrderPending || o.State == issuer.OrderReady) &&
-		o.Reason == "" && len(o.Challenges) == 0 && o.Finalized.IsZero()
-	if fresh && !isFinalOrderState(o.State) {
-		t.noteLocked(o.ID, "")
-	}
-	return fresh
-}
 
 func (t *orderChallengeTypes) note(orderID, typ string) {
 	if orderID == "" {

@@ -28,15 +28,15 @@ func TestEngineWithoutCaddy(t *testing.T) {
 	const issuerKey = "certflow-engine-test"
 	serveTLSALPNFromStorage(t, storage, issuerKey, e.httpsPort)
 
-	eng, key, err := issuer.AcquireEngine(issuer.AccountConfig{
+	eng, err := issuer.NewEngine(issuer.AccountConfig{
 		CA:                   e.ca.DirectoryURL,
 		Email:                "engine@example.com",
 		TrustedRootsPEMFiles: []string{e.ca.ServerRootsFile},
-	}, nil)
+	}, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = issuer.ReleaseEngine(key) })
+	t.Cleanup(func() { _ = eng.Destruct() })
 
 	cfg := solvers.Config{Storage: storage, IssuerKey: issuerKey, Resolvers: []string{e.dns.Addr}, TLSALPNPort: e.httpsPort}
 	opts := &issuer.Options{
@@ -73,7 +73,7 @@ func TestEngineWithoutCaddy(t *testing.T) {
 	}
 
 	keyPEM, _ := certmagic.PEMEncodePrivateKey(certKey)
-	if err := eng.Revoke(ctx, storage, issued.Certificate, keyPEM, acme.ReasonKeyCompromise); err != nil {
+	if err := eng.Revoke(ctx, opts, issued.Certificate, keyPEM, acme.ReasonKeyCompromise); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
 	if n := e.ca.Count("revoke"); n != 1 {

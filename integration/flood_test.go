@@ -143,7 +143,7 @@ func TestFloodPastQueueBound(t *testing.T) {
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	cfg.LogFile = logFile
 	e.run(cfg)
-	if l := issuer.DefaultScheduler().Limits(); l.MaxLive != 1 || l.MaxQueued != 5 {
+	if l := currentScheduler().Limits(); l.MaxLive != 1 || l.MaxQueued != 5 {
 		t.Fatalf("scheduler limits %+v after provisioning 1 live, 5 queued", l)
 	}
 
@@ -151,13 +151,13 @@ func TestFloodPastQueueBound(t *testing.T) {
 	e.block(holder)
 	waitHolder := e.handshakeAsync(holder)
 	waitFor(t, "the holder's challenge to take the only slot", pollMax, func() bool {
-		live, _ := issuer.DefaultScheduler().Stats()
+		live, _ := currentScheduler().Stats()
 		return live == 1
 	})
 	queued := []string{"queued-1.test", "queued-2.test", "queued-3.test", "queued-4.test", "queued-5.test"}
 	waitQueued := e.handshakeAsync(queued...)
 	waitFor(t, "5 challenges queued", pollMax, func() bool {
-		live, q := issuer.DefaultScheduler().Stats()
+		live, q := currentScheduler().Stats()
 		return live == 1 && q == 5
 	})
 
@@ -203,7 +203,7 @@ func TestFloodPastQueueBound(t *testing.T) {
 	if slowest > 3*time.Second {
 		t.Errorf("the slowest rejection past the queue bound took %s; they should fail fast", slowest)
 	}
-	if live, q := issuer.DefaultScheduler().Stats(); live != 1 || q != 5 {
+	if live, q := currentScheduler().Stats(); live != 1 || q != 5 {
 		t.Errorf("after the rejections the scheduler has %d live and %d queued, want 1 and 5", live, q)
 	}
 

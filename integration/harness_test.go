@@ -11,8 +11,9 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/certflow/certflow"
+	certflow "github.com/certflow/certflow"
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/issuer"
 )
 
 // env is one test's world: a DNS answering 127.0.0.1, an in-process Pebble,
@@ -36,6 +37,13 @@ type envOptions struct {
 	// dnsAddr, when set, is the DNS server Pebble resolves through (e.g.
 	// BIND); otherwise the env starts its own, answering 127.0.0.1.
 	dnsAddr string
+	// caHTTPPort, when set, is the port Pebble's validator connects to for
+	// HTTP-01 instead of Caddy's HTTP port (a closed one: port 80 closed
+	// at a load balancer).
+	caHTTPPort int
+	// certValidity is the lifetime of the certificates Pebble issues
+	// (zero: Pebble's default).
+	certValidity time.Duration
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -53,7 +61,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 		e.dns = startDNS(t)
 		dnsAddr = e.dns.Addr
 	}
-	e.ca = startCA(t, rig.CAOptions{HTTPPort: e.httpPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse})
+	caHTTPPort := e.httpPort
+	if o.caHTTPPort != 0 {
+		caHTTPPort = o.caHTTPPort
+	}
+	e.ca = startCA(t, rig.CAOptions{HTTPPort: caHTTPPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse,
+		CertValidity: o.certValidity})
 	e.askURL = startAsk(t, func(name string) bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()
@@ -216,3 +229,14 @@ func dump(v any) string {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	return string(b)
 }
+
+// currentScheduler is the process's challenge scheduler while Caddy runs
+// with a certflow issuer, else an idle one (nothing live or queued).
+func currentScheduler() *issuer.Scheduler {
+	if s := certflow.Scheduler(); s != nil {
+		return s
+	}
+	return idleScheduler
+}
+
+var idleScheduler = issuer.NewScheduler(issuer.SchedulerLimits{})

@@ -66,6 +66,7 @@ func memWorldFor(tb testing.TB) memWorld {
 type orderMemRig struct {
 	w      memWorld
 	eng    *issuer.Engine
+	sched  *issuer.Scheduler
 	opts   *issuer.Options
 	solver *countingSolver
 	round  int
@@ -114,15 +115,16 @@ func newOrderMemRig(tb testing.TB, w memWorld) *orderMemRig {
 	const issuerKey = "certflow-memory-test"
 	serveTLSALPNFromStorage(tb, storage, issuerKey, w.tlsPort)
 
-	eng, key, err := issuer.AcquireEngine(issuer.AccountConfig{
+	sched := issuer.NewScheduler(issuer.SchedulerLimits{})
+	eng, err := issuer.NewEngine(issuer.AccountConfig{
 		CA:                   w.ca.DirectoryURL,
 		Email:                "memory@example.com",
 		TrustedRootsPEMFiles: []string{w.ca.ServerRootsFile},
-	}, nil)
+	}, nil, sched, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = issuer.ReleaseEngine(key) })
+	tb.Cleanup(func() { _ = eng.Destruct() })
 
 	cfg := solvers.Config{Storage: storage, IssuerKey: issuerKey, Resolvers: []string{w.dns.Addr}, TLSALPNPort: w.tlsPort}
 	solver := &countingSolver{Solver: solvers.NewTLSALPN01(cfg)}
@@ -143,7 +145,7 @@ func newOrderMemRig(tb testing.TB, w memWorld) *orderMemRig {
 		Logger:            logger,
 	}
 	opts.SetDefaults()
-	r := &orderMemRig{w: w, eng: eng, opts: opts, solver: solver}
+	r := &orderMemRig{w: w, eng: eng, sched: sched, opts: opts, solver: solver}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -274,7 +276,7 @@ type caObjects struct {
 func (r *orderMemRig) holdOrders(tb testing.TB, n, maxLive int, finish bool) perOrder {
 	tb.Helper()
 	r.round++
-	sched := issuer.DefaultScheduler()
+	sched := r.sched
 	// challenges of earlier tests must not count as these orders'
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(pollEvery) {
 		if l, q := sched.Stats(); l == 0 && q == 0 {

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/certflow/certflow/integration/rig"
-	"github.com/certflow/certflow/issuer"
 )
 
 // TestReloadChangesChallengeCap: a config reload with a changed
@@ -17,9 +16,8 @@ import (
 func TestReloadChangesChallengeCap(t *testing.T) {
 	schedulerIdle(t)
 	e := newEnv(t, envOptions{})
-	sched := issuer.DefaultScheduler()
-
 	e.run(e.config(e.issuer(schedulerExtra(1))))
+	sched := currentScheduler() // the same scheduler across the reload
 	if got := sched.Limits().MaxLive; got != 1 {
 		t.Fatalf("MaxLive = %d after running with max_concurrent_challenges 1", got)
 	}

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/certflow/certflow/integration/rig"
-	"github.com/certflow/certflow/issuer"
 )
 
 // schedulerExtra is the issuer configuration of the scheduler tests: a cap
@@ -29,7 +28,7 @@ func TestSchedulerCapOneSerializesChallenges(t *testing.T) {
 	schedulerIdle(t)
 	e := newEnv(t, envOptions{})
 	e.run(e.config(e.issuer(schedulerExtra(1))))
-	if got := issuer.DefaultScheduler().Limits().MaxLive; got != 1 {
+	if got := currentScheduler().Limits().MaxLive; got != 1 {
 		t.Fatalf("scheduler MaxLive = %d after provisioning max_concurrent_challenges 1", got)
 	}
 
@@ -40,7 +39,7 @@ func TestSchedulerCapOneSerializesChallenges(t *testing.T) {
 	mon := monitorLive(t)
 	wait := e.handshakeAsync(names...)
 	waitForDiag(t, "1 live and 4 queued challenges", pollMax, func() bool {
-		live, queued := issuer.DefaultScheduler().Stats()
+		live, queued := currentScheduler().Stats()
 		return live == 1 && queued == 4
 	}, e.schedulerDiag(names...))
 	e.unblock(names...)
@@ -107,7 +106,7 @@ func TestSchedulerOnDemandBeforeManaged(t *testing.T) {
 	cfg.Automate = managed
 	e.block(managed...)
 	e.run(cfg)
-	if got := issuer.DefaultScheduler().Limits().MaxLive; got != 1 {
+	if got := currentScheduler().Limits().MaxLive; got != 1 {
 		t.Fatalf("scheduler MaxLive = %d after provisioning max_concurrent_challenges 1", got)
 	}
 
@@ -115,7 +114,7 @@ func TestSchedulerOnDemandBeforeManaged(t *testing.T) {
 	var live string
 	var waiting []string
 	waitForDiag(t, "1 managed challenge live in its self-check and 2 queued", pollMax, func() bool {
-		if l, q := issuer.DefaultScheduler().Stats(); l != 1 || q != 2 {
+		if l, q := currentScheduler().Stats(); l != 1 || q != 2 {
 			return false
 		}
 		live, waiting = "", nil
@@ -138,7 +137,7 @@ func TestSchedulerOnDemandBeforeManaged(t *testing.T) {
 	// the on-demand challenge joins the queue, after the managed ones
 	wait := e.handshakeAsync(onDemand)
 	waitForDiag(t, "the on-demand challenge to queue", pollMax, func() bool {
-		if l, q := issuer.DefaultScheduler().Stats(); l != 1 || q != 3 {
+		if l, q := currentScheduler().Stats(); l != 1 || q != 3 {
 			return false
 		}
 		chals := e.resources("challenges", onDemand)

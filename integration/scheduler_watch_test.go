@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/certflow/certflow/integration/rig"
-	"github.com/certflow/certflow/issuer"
 )
 
 // schedulerIdle waits until the process-wide scheduler has nothing live or
@@ -16,7 +15,7 @@ import (
 func schedulerIdle(t *testing.T) {
 	t.Helper()
 	waited := waitFor(t, "the scheduler to be idle before the test", pollMax, func() bool {
-		live, queued := issuer.DefaultScheduler().Stats()
+		live, queued := currentScheduler().Stats()
 		return live == 0 && queued == 0
 	})
 	if waited > 100*time.Millisecond {
@@ -39,7 +38,7 @@ func monitorLive(t *testing.T) *liveMonitor {
 		tick := time.NewTicker(2 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			live, _ := issuer.DefaultScheduler().Stats()
+			live, _ := currentScheduler().Stats()
 			if int64(live) > m.max.Load() {
 				m.max.Store(int64(live))
 			}
@@ -74,9 +73,9 @@ func (m *liveMonitor) maxLive() int {
 // for a failed wait.
 func (e *env) schedulerDiag(names ...string) func() string {
 	return func() string {
-		live, queued := issuer.DefaultScheduler().Stats()
+		live, queued := currentScheduler().Stats()
 		var b strings.Builder
-		fmt.Fprintf(&b, "scheduler: %d live, %d queued, limits %+v\n", live, queued, issuer.DefaultScheduler().Limits())
+		fmt.Fprintf(&b, "scheduler: %d live, %d queued, limits %+v\n", live, queued, currentScheduler().Limits())
 		for _, n := range names {
 			all, _ := rig.LoadResources(e.storage, "challenges")
 			for _, r := range all {

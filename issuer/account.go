@@ -17,10 +17,12 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
 )
 
-// AccountConfig names the CA and the ACME account. Requests that share it
-// share one engine: one account, one HTTP client, one nonce pool.
+// AccountConfig names the CA and the ACME account, and the HTTP client
+// settings that reach it. Requests that share it share one engine: one
+// account, one HTTP client and nonce pool, one circuit breaker.
 type AccountConfig struct {
 	// CA is the directory URL.
 	CA string
@@ -34,11 +36,6 @@ type AccountConfig struct {
 	TrustedRootsPEMFiles []string
 	// RequestTimeout bounds each HTTP request to the CA.
 	RequestTimeout time.Duration
-	// OrderRateLimit holds new orders to at most OrderRateLimit.Orders per
-	// OrderRateLimit.Window for this account in this process. Zero means
-	// the default for well-known CAs (Let's Encrypt: 300 per 3 hours);
-	// Disabled turns it off.
-	OrderRateLimit OrderRateLimit
 }
 
 // OrderRateLimit is a sliding-window limit on new orders.
@@ -55,15 +52,16 @@ var publishedOrderLimits = map[string]OrderRateLimit{
 	"acme-staging-v02.api.letsencrypt.org": {Orders: 300, Window: 3 * time.Hour},
 }
 
-func (c AccountConfig) orderRateLimit() (int, time.Duration) {
-	l := c.OrderRateLimit
+// effective returns the limit in force for ca: l when set, else the
+// published limit of a well-known CA, else none (0, 0).
+func (l OrderRateLimit) effective(ca string) (int, time.Duration) {
 	if l.Disabled {
 		return 0, 0
 	}
 	if l.Orders > 0 && l.Window > 0 {
 		return l.Orders, l.Window
 	}
-	if u, err := url.Parse(c.CA); err == nil {
+	if u, err := url.Parse(ca); err == nil {
 		if d, ok := publishedOrderLimits[u.Hostname()]; ok {
 			return d.Orders, d.Window
 		}
@@ -71,15 +69,16 @@ func (c AccountConfig) orderRateLimit() (int, time.Duration) {
 	return 0, 0
 }
 
-// poolKey identifies the account; it never includes secrets.
-func (c AccountConfig) poolKey() string {
+// PoolKey identifies the engine for cfg: the CA, the account, and the
+// HTTP client settings (trusted roots, request timeout), which shape the
+// client the account's requests share. It never includes secrets.
+func (c AccountConfig) PoolKey() string {
 	var eabID string
 	if c.EAB != nil {
 		eabID = c.EAB.KeyID
 	}
 	return strings.Join([]string{c.CA, strings.ToLower(c.Email), c.AccountKeyFile, eabID,
-		strings.Join(c.TrustedRootsPEMFiles, ","), c.RequestTimeout.String(),
-		fmt.Sprint(c.OrderRateLimit)}, "|")
+		strings.Join(c.TrustedRootsPEMFiles, ","), c.RequestTimeout.String()}, "|")
 }
 
 // accountUser is the folder name of the account in certmagic's layout: the
@@ -113,38 +112,125 @@ func (c AccountConfig) accountKeys() (reg, key string) {
 	return path.Join(dir, name+".json"), path.Join(dir, name+".key")
 }
 
-// account returns the engine's ACME account, loading or registering it on
-// first use with the storage of the request that needs it. Registration runs
-// under a certflow storage lock so a cluster registers once.
-func (e *Engine) account(ctx context.Context, storage certmagic.Storage) (acme.Account, error) {
-	e.accountMu.Lock()
-	defer e.accountMu.Unlock()
-	if e.acct != nil {
-		return *e.acct, nil
-	}
-	acct, err := e.loadOrRegister(ctx, storage)
-	if err != nil {
-		return acme.Account{}, err
-	}
-	e.acct = &acct
-	return acct, nil
+// accountLookupTimeout bounds one lookup or registration of the account,
+// which runs detached from the request that started it.
+const accountLookupTimeout = 2 * time.Minute
+
+// accountFlight is a lookup of the account in progress, shared by every
+// request that needs the account meanwhile.
+type accountFlight struct {
+	done chan struct{}
+	acct acme.Account
+	err  error
 }
 
-func (e *Engine) loadOrRegister(ctx context.Context, storage certmagic.Storage) (acme.Account, error) {
+// account returns the engine's ACME account, loading or registering it on
+// first use. One lookup runs at a time, detached from the requests that
+// wait for it: each waits only as long as its own context and budget allow
+// (a handshake does not wait behind a registration stuck in a CA outage).
+func (e *Engine) account(ctx context.Context, s store, mode callMode, budget time.Duration) (acme.Account, error) {
+	e.accountMu.Lock()
+	if e.acct != nil {
+		acct := *e.acct
+		e.accountMu.Unlock()
+		return acct, nil
+	}
+	f := e.accountFlight
+	if f == nil {
+		f = &accountFlight{done: make(chan struct{})}
+		e.accountFlight = f
+		verify := e.verifyAccount
+		go e.lookUpAccount(context.WithoutCancel(ctx), s, mode.observer, verify, f)
+	}
+	e.accountMu.Unlock()
+
+	wait := time.NewTimer(max(budget, 0))
+	defer wait.Stop()
+	select {
+	case <-f.done:
+		return f.acct, f.err
+	case <-ctx.Done():
+		return acme.Account{}, cutOff(ctx, PartyCA, fmt.Errorf("waiting for the ACME account: %w", ctx.Err()))
+	case <-wait.C:
+		return acme.Account{}, charge(PartyCA, fmt.Errorf("the ACME account is still being looked up or registered after %s, more than this request can wait", budget.Round(time.Second)))
+	}
+}
+
+// lookUpAccount runs one account lookup and hands its result to f.
+func (e *Engine) lookUpAccount(ctx context.Context, s store, obs Observer, verify bool, f *accountFlight) {
+	ctx, cancel := context.WithTimeout(ctx, accountLookupTimeout)
+	defer cancel()
+	acct, err := e.loadOrRegister(ctx, s, callMode{observer: obs}, verify)
+	if party, _ := chargedTo(err); party == PartyAccount {
+		err = e.accountFailed(ctx, s, err)
+	}
+	e.accountMu.Lock()
+	if err == nil {
+		e.acct, e.verifyAccount = &acct, false
+	}
+	e.accountFlight = nil
+	e.accountMu.Unlock()
+	f.acct, f.err = acct, err
+	close(f.done)
+}
+
+// accountFailed handles a problem of the account itself (unknown to the
+// CA, deactivated, action required): the cached account is dropped; an
+// account the CA does not know is registered again by the next request;
+// any other problem holds the engine (every node sharing the storage) with
+// the CA's reason, for a wait that doubles up to AccountHoldMax, after
+// which the account is looked up at the CA again. It returns err charged
+// to the account, with the hold's end.
+func (e *Engine) accountFailed(ctx context.Context, s store, err error) error {
+	e.accountMu.Lock()
+	e.acct, e.verifyAccount = nil, true
+	unknown := problemType(err) == acme.ProblemTypeAccountDoesNotExist
+	if unknown {
+		e.accountHoldWait = 0
+		e.accountMu.Unlock()
+		e.logger.Warn("the CA does not know the ACME account; it is registered again by the next request", zapReason(problemDetail(err)))
+		return &ChargedError{Party: PartyAccount, Err: err}
+	}
+	e.accountHoldWait = min(max(e.accountHoldWait*2, time.Minute), AccountHoldMax)
+	wait := e.accountHoldWait
+	e.accountMu.Unlock()
+	until := time.Now().Add(wait)
+	hold := Hold{Scope: HoldScope{Kind: ScopeAccount, Value: e.cfg.accountUser()}, Until: until,
+		Reason: problemDetail(err), Limit: "account problem"}
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	if serr := e.holdsFor(s).put(ctx, s, hold); serr != nil {
+		e.logger.Error("recording the account's hold", zap.Error(serr))
+	}
+	e.logger.Error("the ACME account has a problem; new orders are held, then the account is looked up again",
+		zap.Time("until", until), zapReason(problemDetail(err)))
+	return &ChargedError{Party: PartyAccount, Until: until, Err: err}
+}
+
+func (e *Engine) loadOrRegister(ctx context.Context, s store, mode callMode, verify bool) (acme.Account, error) {
 	cfg := e.cfg
+	storage := s.storage
 	if cfg.AccountKeyFile != "" {
-		return e.accountFromKeyFile(ctx)
+		return e.accountFromKeyFile(ctx, mode)
 	}
 	regKey, privKey := cfg.accountKeys()
 	if acct, err := loadStoredAccount(ctx, storage, regKey, privKey); err == nil {
-		return acct, nil
+		if !verify {
+			return acct, nil
+		}
+		return e.verifyStoredAccount(ctx, storage, acct, regKey, mode)
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return acme.Account{}, err
+		return acme.Account{}, charge(PartyStorage, err)
+	}
+	// absence is not proof: a new account is registered only once the
+	// store is known to answer
+	if err := s.confirmAbsent(ctx, regKey); err != nil {
+		return acme.Account{}, charge(PartyStorage, err)
 	}
 
 	lockName := "certflow_register_account_" + certmagic.StorageKeys.Safe(CAKey(cfg.CA)) + "_" + certmagic.StorageKeys.Safe(cfg.accountUser())
 	if err := storage.Lock(ctx, lockName); err != nil {
-		return acme.Account{}, fmt.Errorf("%w: locking %s: %w", ErrStorage, lockName, err)
+		return acme.Account{}, charge(PartyStorage, fmt.Errorf("%w: locking %s: %w", ErrStorage, lockName, err))
 	}
 	defer func() { _ = storage.Unlock(context.WithoutCancel(ctx), lockName) }()
 
@@ -152,50 +238,98 @@ func (e *Engine) loadOrRegister(ctx context.Context, storage certmagic.Storage) 
 	if acct, err := loadStoredAccount(ctx, storage, regKey, privKey); err == nil {
 		return acct, nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return acme.Account{}, err
+		return acme.Account{}, charge(PartyStorage, err)
 	}
 
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return acme.Account{}, fmt.Errorf("generating account key: %w", err)
 	}
-	acct, err := e.register(ctx, key)
+	acct, err := e.register(ctx, key, mode)
 	if err != nil {
 		return acme.Account{}, err
-	}
-	regJSON, err := json.MarshalIndent(acct, "", "\t")
-	if err != nil {
-		return acme.Account{}, fmt.Errorf("encoding account: %w", err)
 	}
 	keyPEM, err := certmagic.PEMEncodePrivateKey(key)
 	if err != nil {
 		return acme.Account{}, fmt.Errorf("encoding account key: %w", err)
 	}
 	if err := storage.Store(ctx, privKey, keyPEM); err != nil {
-		return acme.Account{}, fmt.Errorf("%w: storing account key %s: %w", ErrStorage, privKey, err)
+		return acme.Account{}, charge(PartyStorage, fmt.Errorf("%w: storing account key %s: %w", ErrStorage, privKey, err))
 	}
-	if err := storage.Store(ctx, regKey, regJSON); err != nil {
-		return acme.Account{}, fmt.Errorf("%w: storing account %s: %w", ErrStorage, regKey, err)
+	if err := storeRegistration(ctx, storage, regKey, acct); err != nil {
+		return acme.Account{}, err
 	}
 	e.logger.Info("registered ACME account", zapCA(cfg.CA), zapAccount(acct.Location))
 	return acct, nil
 }
 
+// verifyStoredAccount asks the CA about a stored account after a problem
+// of the account: one the CA no longer knows is registered again with the
+// same key (and stored), one that is not valid stays a problem.
+func (e *Engine) verifyStoredAccount(ctx context.Context, storage certmagic.Storage, acct acme.Account, regKey string, mode callMode) (acme.Account, error) {
+	fresh := acct
+	err := e.call(ctx, opAccount, "looking up the account at the CA", mode, func(ctx context.Context) error {
+		var err error
+		fresh, err = e.ca.GetAccount(ctx, acct)
+		return err
+	})
+	if problemType(err) == acme.ProblemTypeAccountDoesNotExist {
+		key, ok := acct.PrivateKey.(*ecdsa.PrivateKey)
+		if !ok {
+			return acme.Account{}, fmt.Errorf("the CA does not know the stored account, and only an ECDSA key can register it again: %w", err)
+		}
+		registered, err := e.register(ctx, key, mode)
+		if err != nil {
+			return acme.Account{}, err
+		}
+		if err := storeRegistration(ctx, storage, regKey, registered); err != nil {
+			return acme.Account{}, err
+		}
+		e.logger.Info("registered the ACME account again", zapCA(e.cfg.CA), zapAccount(registered.Location))
+		return registered, nil
+	}
+	if err != nil {
+		return acme.Account{}, err
+	}
+	if fresh.Status != "" && fresh.Status != acme.StatusValid {
+		return acme.Account{}, charge(PartyAccount, fmt.Errorf("the ACME account is %s at the CA", fresh.Status))
+	}
+	fresh.PrivateKey = acct.PrivateKey
+	if fresh.Location == "" {
+		fresh.Location = acct.Location
+	}
+	return fresh, nil
+}
+
+func storeRegistration(ctx context.Context, storage certmagic.Storage, regKey string, acct acme.Account) error {
+	regJSON, err := json.MarshalIndent(acct, "", "\t")
+	if err != nil {
+		return fmt.Errorf("encoding account: %w", err)
+	}
+	if err := storage.Store(ctx, regKey, regJSON); err != nil {
+		return charge(PartyStorage, fmt.Errorf("%w: storing account %s: %w", ErrStorage, regKey, err))
+	}
+	return nil
+}
+
 // register creates (or, for a known key, finds) the account at the CA.
-func (e *Engine) register(ctx context.Context, key *ecdsa.PrivateKey) (acme.Account, error) {
+func (e *Engine) register(ctx context.Context, key *ecdsa.PrivateKey, mode callMode) (acme.Account, error) {
 	acct := acme.Account{TermsOfServiceAgreed: true, PrivateKey: key}
 	if e.cfg.Email != "" {
 		acct.Contact = []string{"mailto:" + e.cfg.Email}
 	}
 	if e.cfg.EAB != nil {
-		if err := acct.SetExternalAccountBinding(ctx, e.client, *e.cfg.EAB); err != nil {
-			return acme.Account{}, fmt.Errorf("binding external account %s: %w", e.cfg.EAB.KeyID, err)
+		err := e.call(ctx, opAccount, "binding external account "+e.cfg.EAB.KeyID, mode, func(ctx context.Context) error {
+			return e.ca.BindExternalAccount(ctx, &acct, *e.cfg.EAB)
+		})
+		if err != nil {
+			return acme.Account{}, err
 		}
 	}
 	var out acme.Account
-	err := callCA(ctx, "registering account", func(ctx context.Context) error {
+	err := e.call(ctx, opAccount, "registering account", mode, func(ctx context.Context) error {
 		var err error
-		out, err = e.client.NewAccount(ctx, acct)
+		out, err = e.ca.NewAccount(ctx, acct)
 		return err
 	})
 	if err != nil {
@@ -204,7 +338,7 @@ func (e *Engine) register(ctx context.Context, key *ecdsa.PrivateKey) (acme.Acco
 	return out, nil
 }
 
-func (e *Engine) accountFromKeyFile(ctx context.Context) (acme.Account, error) {
+func (e *Engine) accountFromKeyFile(ctx context.Context, mode callMode) (acme.Account, error) {
 	pemBytes, err := os.ReadFile(e.cfg.AccountKeyFile)
 	if err != nil {
 		return acme.Account{}, fmt.Errorf("reading account key file %s: %w", e.cfg.AccountKeyFile, err)
@@ -214,23 +348,25 @@ func (e *Engine) accountFromKeyFile(ctx context.Context) (acme.Account, error) {
 		return acme.Account{}, fmt.Errorf("decoding account key file %s: %w", e.cfg.AccountKeyFile, err)
 	}
 	acct := acme.Account{PrivateKey: key}
-	err = callCA(ctx, "looking up account by key", func(ctx context.Context) error {
+	err = e.call(ctx, opAccount, "looking up account by key", mode, func(ctx context.Context) error {
 		var err error
-		acct, err = e.client.GetAccount(ctx, acct)
+		acct, err = e.ca.GetAccount(ctx, acct)
 		return err
 	})
 	if err == nil {
+		if acct.Status != "" && acct.Status != acme.StatusValid {
+			return acme.Account{}, charge(PartyAccount, fmt.Errorf("the ACME account of %s is %s at the CA", e.cfg.AccountKeyFile, acct.Status))
+		}
 		return acct, nil
 	}
-	var prob acme.Problem
-	if !errors.As(err, &prob) || prob.Type != acme.ProblemTypeAccountDoesNotExist {
+	if problemType(err) != acme.ProblemTypeAccountDoesNotExist {
 		return acme.Account{}, err
 	}
 	ecKey, ok := key.(*ecdsa.PrivateKey)
 	if !ok {
 		return acme.Account{}, fmt.Errorf("account key file %s: no account exists for it and only ECDSA keys can register a new one", e.cfg.AccountKeyFile)
 	}
-	return e.register(ctx, ecKey)
+	return e.register(ctx, ecKey, mode)
 }
 
 func loadStoredAccount(ctx context.Context, storage certmagic.Storage, regKey, privKey string) (acme.Account, error) {

@@ -37,8 +37,8 @@ func TestIsFinalError(t *testing.T) {
 		{"network", errors.New("dial tcp: connection refused"), false},
 	}
 	for _, tt := range tests {
-		if got := isFinalError(tt.err); got != tt.want {
-			t.Errorf("%s: isFinalError = %v, want %v", tt.name, got, tt.want)
+		if got := isRefusal(tt.err); got != tt.want {
+			t.Errorf("%s: isRefusal = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }
@@ -52,6 +52,9 @@ func TestParseRetryAfter(t *testing.T) {
 		{"", 0}, {"7", 7 * time.Second}, {"-1", 0}, {"junk", 0},
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
+		// too large to represent: still a wait, the longest certflow honours
+		{"99999999999999999999999", MaxRetryAfter}, {"9223372036854775807", MaxRetryAfter},
+		{now.Add(100 * 365 * 24 * time.Hour).Format(http.TimeFormat), MaxRetryAfter},
 	}
 	for _, tt := range tests {
 		if got := parseRetryAfter(tt.in, now); got != tt.want {

@@ -46,7 +46,7 @@ func corruptTestStore(t *testing.T) (store, *envelopeStorage) {
 	t.Helper()
 	es := newEnvelopeStorage(t.TempDir())
 	s := store{storage: es, issuerKey: "certflow-test"}
-	if err := s.ensureSentinel(context.Background()); err != nil {
+	if err := writeSentinel(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { FlushIndex(time.Minute) })
@@ -78,7 +78,7 @@ func TestLoadRejectsAnotherResource(t *testing.T) {
 		{"name record of another name", kindNames, "a.test", `{"version":1,"name":"b.test","failures":3}`, &NameRecord{}, true},
 		{"name record in another case", kindNames, "A.test", `{"version":1,"name":"a.test"}`, &NameRecord{}, false},
 		{"head of an order naming another", KindOrder, "o1", `{"version":1,"id":"o2","state":"valid"}`, &resourceHead{}, true},
-		{"block record (keyed by account)", kindBlocks, "acct", `{"version":1,"until":"2030-01-01T00:00:00Z"}`, &blockRecord{}, false},
+		{"hold (keyed by scope)", kindHolds, "account-acct", `{"version":1,"until":"2030-01-01T00:00:00Z"}`, &Hold{}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,7 +2,10 @@ package issuer
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -19,18 +22,25 @@ import (
 // what differs per policy travels in each Request's Options.
 type Engine struct {
 	cfg       AccountConfig
-	client    *acme.Client
+	ca        CA
+	owner     string // this engine's ID, recorded on the challenges it runs
 	logger    *zap.Logger
 	scheduler *Scheduler
+	breaker   *breaker
 
-	accountMu sync.Mutex
-	acct      *acme.Account
+	accountMu       sync.Mutex
+	acct            *acme.Account
+	accountFlight   *accountFlight // a lookup in progress
+	verifyAccount   bool           // after a problem of the account: ask the CA before using it
+	accountHoldWait time.Duration  // the last hold for a problem of the account
 
-	limiter *orderLimiter // nil when there is no order rate limit
-	blockMu sync.Mutex
-	block   blockRecord // the CA's latest Retry-After for new orders
+	limiterMu sync.Mutex
+	limiter   *orderLimiter // nil when there is no order rate limit
 
-	sentinels sync.Map // storages whose sentinel this process has confirmed
+	holdTables sync.Map     // by storage identity and issuer key: *holdTable
+	watch      accountWatch // 429s of unrecognised scope; probing after an account hold
+
+	health sync.Map // by storage identity and issuer key: *storeHealth
 
 	validation validationTime // how long the CA takes to validate, for the first poll
 
@@ -40,59 +50,56 @@ type Engine struct {
 	maint   map[string]*maintenance // by storage identity and issuer key
 }
 
-var (
-	enginesMu sync.Mutex
-	engines   = map[string]*pooledEngine{}
-)
-
-type pooledEngine struct {
-	engine *Engine
-	refs   int
-}
-
-// AcquireEngine returns the process-wide engine for the account, creating it
-// on first use. Each successful call must be paired with ReleaseEngine(key).
-func AcquireEngine(cfg AccountConfig, logger *zap.Logger) (*Engine, string, error) {
-	key := cfg.poolKey()
-	enginesMu.Lock()
-	defer enginesMu.Unlock()
-	if p, ok := engines[key]; ok {
-		p.refs++
-		return p.engine, key, nil
-	}
-	client, err := newACMEClient(cfg)
-	if err != nil {
-		return nil, "", err
+// NewEngine returns an engine for the account, reaching the CA with ca (nil:
+// acmez's client for cfg.CA) and scheduling challenges with scheduler.
+func NewEngine(cfg AccountConfig, ca CA, scheduler *Scheduler, logger *zap.Logger) (*Engine, error) {
+	if ca == nil {
+		c, err := newACMECA(cfg)
+		if err != nil {
+			return nil, err
+		}
+		ca = c
 	}
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	e := &Engine{
-		cfg:       cfg,
-		client:    client,
-		logger:    logger,
-		scheduler: DefaultScheduler(),
-		maint:     map[string]*maintenance{},
-		limiter:   newOrderLimiter(cfg.orderRateLimit()),
+	if scheduler == nil {
+		scheduler = NewScheduler(SchedulerLimits{})
 	}
-	engines[key] = &pooledEngine{engine: e, refs: 1}
-	return e, key, nil
+	return &Engine{
+		cfg:       cfg,
+		ca:        ca,
+		owner:     newOwnerID(),
+		logger:    logger,
+		scheduler: scheduler,
+		breaker:   newBreaker(),
+		maint:     map[string]*maintenance{},
+	}, nil
 }
 
-// ReleaseEngine drops one hold on an engine; the last one stops its
-// background maintenance. Work in flight is not interrupted.
-func ReleaseEngine(key string) error {
-	enginesMu.Lock()
-	defer enginesMu.Unlock()
-	p, ok := engines[key]
-	if !ok {
-		return nil
+// SetOrderRateLimit sets the limit on new orders for the account in this
+// process (the most recently provisioned policy's setting wins).
+func (e *Engine) SetOrderRateLimit(l OrderRateLimit) {
+	n, window := l.effective(e.cfg.CA)
+	e.limiterMu.Lock()
+	defer e.limiterMu.Unlock()
+	if e.limiter != nil && e.limiter.n == n && e.limiter.window == window {
+		return
 	}
-	if p.refs--; p.refs > 0 {
-		return nil
-	}
-	delete(engines, key)
-	p.engine.stopMaintenance()
+	e.limiter = newOrderLimiter(n, window)
+}
+
+func (e *Engine) orderLimiter() *orderLimiter {
+	e.limiterMu.Lock()
+	defer e.limiterMu.Unlock()
+	return e.limiter
+}
+
+// Destruct stops the engine's background maintenance when the last issuer
+// instance using it is cleaned up (caddy.Destructor). Work in flight is not
+// interrupted.
+func (e *Engine) Destruct() error {
+	e.stopMaintenance()
 	return nil
 }
 
@@ -107,14 +114,16 @@ func (e *Engine) Issue(ctx context.Context, req Request) (*certmagic.IssuedCerti
 	if err != nil {
 		return nil, certmagic.ErrNoRetry{Err: fmt.Errorf("certificate request: %w", err)}
 	}
+	names := identifierValues(ids)
 	w := &workflow{
 		engine:  e,
 		opts:    opts,
-		store:   store{storage: opts.Storage, issuerKey: opts.IssuerKey, logger: opts.Logger},
+		store:   e.storeFor(opts),
 		req:     req,
 		ids:     ids,
-		name:    ids[0].Value,
-		logger:  opts.Logger.With(zapName(ids[0].Value)),
+		names:   names,
+		name:    names[0],
+		logger:  opts.Logger.With(zapName(names[0])),
 		started: time.Now(),
 	}
 	markers.workflowStarted()
@@ -122,9 +131,14 @@ func (e *Engine) Issue(ctx context.Context, req Request) (*certmagic.IssuedCerti
 	return w.run(ctx)
 }
 
+// storeFor is the store of a request's policy.
+func (e *Engine) storeFor(opts *Options) store {
+	return store{storage: opts.Storage, issuerKey: opts.IssuerKey, logger: opts.Logger, health: e.healthOf(opts.Storage, opts.IssuerKey)}
+}
+
 // Revoke revokes a certificate at the CA, signing with the account (loaded
 // from storage if this process has not used it yet).
-func (e *Engine) Revoke(ctx context.Context, storage certmagic.Storage, certPEM, keyPEM []byte, reason int) error {
+func (e *Engine) Revoke(ctx context.Context, opts *Options, certPEM, keyPEM []byte, reason int) error {
 	block, _ := pem.Decode(certPEM)
 	if block == nil {
 		return errors.New("revoking: no PEM certificate")
@@ -137,16 +151,37 @@ func (e *Engine) Revoke(ctx context.Context, storage certmagic.Storage, certPEM,
 	if err != nil {
 		return errors.New("revoking: the certificate's private key does not decode")
 	}
-	acct, err := e.account(ctx, storage)
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return errors.New("revoking: the certificate's private key cannot sign")
+	}
+	mode := callMode{observer: opts.Observer}
+	acct, err := e.account(ctx, e.storeFor(opts), mode, accountLookupTimeout)
 	if err != nil {
 		return fmt.Errorf("revoking: %w", err)
 	}
-	return callCA(ctx, "revoking certificate", func(ctx context.Context) error {
-		return e.client.RevokeCertificate(ctx, acct, leaf, key, reason)
+	return e.call(ctx, opRevoke, "revoking certificate", mode, func(ctx context.Context) error {
+		return e.ca.RevokeCertificate(ctx, acct, leaf, signer, reason)
 	})
 }
 
 // RenewalInfo asks the CA for the certificate's ARI renewal window.
 func (e *Engine) RenewalInfo(ctx context.Context, leaf *x509.Certificate) (acme.RenewalInfo, error) {
-	return e.client.GetRenewalInfo(ctx, leaf)
+	var ri acme.RenewalInfo
+	err := e.call(ctx, opRenewalInfo, "reading renewal information", callMode{interactive: true}, func(ctx context.Context) error {
+		var err error
+		ri, err = e.ca.GetRenewalInfo(ctx, leaf)
+		return err
+	})
+	return ri, err
+}
+
+// Breaker returns the state of the circuit to the CA.
+func (e *Engine) Breaker() BreakerState { return e.breaker.snapshot() }
+
+// newOwnerID is a random ID for an engine in this process.
+func newOwnerID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -5,85 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io/fs"
 	"path"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/certmagic"
 )
-
-// memStorage is an in-memory certmagic.Storage, fast enough for fuzzing.
-type memStorage struct {
-	mu sync.Mutex
-	m  map[string][]byte
-}
-
-func newMemStorage() *memStorage { return &memStorage{m: map[string][]byte{}} }
-
-func (s *memStorage) Lock(context.Context, string) error   { return nil }
-func (s *memStorage) Unlock(context.Context, string) error { return nil }
-
-func (s *memStorage) Store(_ context.Context, key string, value []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.m[key] = append([]byte(nil), value...)
-	return nil
-}
-
-func (s *memStorage) Load(_ context.Context, key string) ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v, ok := s.m[key]
-	if !ok {
-		return nil, fs.ErrNotExist
-	}
-	return append([]byte(nil), v...), nil
-}
-
-func (s *memStorage) Delete(_ context.Context, key string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.m[key]; !ok {
-		return fs.ErrNotExist
-	}
-	delete(s.m, key)
-	return nil
-}
-
-func (s *memStorage) Exists(_ context.Context, key string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.m[key]
-	return ok
-}
-
-func (s *memStorage) List(_ context.Context, prefix string, recursive bool) ([]string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for k := range s.m {
-		if rest, ok := strings.CutPrefix(k, prefix+"/"); ok && (recursive || !strings.Contains(rest, "/")) {
-			out = append(out, k)
-		}
-	}
-	if len(out) == 0 {
-		return nil, fs.ErrNotExist
-	}
-	return out, nil
-}
-
-func (s *memStorage) Stat(_ context.Context, key string) (certmagic.KeyInfo, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v, ok := s.m[key]
-	if !ok {
-		return certmagic.KeyInfo{}, fs.ErrNotExist
-	}
-	return certmagic.KeyInfo{Key: key, Size: int64(len(v)), IsTerminal: true}, nil
-}
 
 // decodeTargets are the stored kinds and the types they decode into.
 var decodeTargets = []struct {
@@ -94,7 +20,7 @@ var decodeTargets = []struct {
 	{KindOrder, func() any { return new(Order) }},
 	{KindChallenge, func() any { return new(Challenge) }},
 	{kindNames, func() any { return new(NameRecord) }},
-	{kindBlocks, func() any { return new(blockRecord) }},
+	{kindHolds, func() any { return new(Hold) }},
 }
 
 func versionOf(v any) int {
@@ -107,7 +33,7 @@ func versionOf(v any) int {
 		return r.Version
 	case *NameRecord:
 		return r.Version
-	case *blockRecord:
+	case *Hold:
 		return r.Version
 	}
 	return -1
@@ -131,7 +57,7 @@ func fuzzSeeds() [][]byte {
 			SelfChecks: 3, Created: now, Updated: now, Times: ChallengeTimes{Scheduled: now, Presented: now}},
 		NameRecord{Version: SchemaVersion, Name: "a.test", CurrentOrder: "o1", Failures: 3,
 			NextAttempt: now.Add(time.Hour), LastError: "x", TypeOffset: 1, Updated: now},
-		blockRecord{Version: SchemaVersion, Until: now.Add(time.Minute), Reason: "429", Updated: now},
+		Hold{Version: SchemaVersion, Scope: HoldScope{Kind: ScopeNames, Value: "a.example"}, Until: now.Add(time.Minute), Reason: "429", Updated: now},
 	}
 	var seeds [][]byte
 	for _, v := range valid {

@@ -3,7 +3,6 @@ package issuer
 import (
 	"context"
 	"path"
-	"slices"
 
 	"github.com/caddyserver/certmagic"
 )
@@ -61,24 +60,6 @@ func timeBuckets(id string) []string {
 	return []string{id[:11], id[11:13], id[13:15]}
 }
 
-// finalStates are the states a resource of kind ends in.
-func finalStates(kind string) []string {
-	switch kind {
-	case KindRequest:
-		return []string{RequestReady, RequestFailed}
-	case KindOrder:
-		return []string{OrderValid, OrderInvalid, OrderErrored}
-	case KindChallenge:
-		return []string{ChallengeValid, ChallengeInvalid, ChallengeErrored}
-	}
-	return nil
-}
-
-// isFinalState reports whether state is final for resources of kind.
-func isFinalState(kind, state string) bool {
-	return slices.Contains(finalStates(kind), state)
-}
-
 // indexUnknown is the indexed state of a resource loaded from storage: its
 // markers may have been lost with the process that wrote it (they are
 // written late, see indexWriter), so its next save puts them all again.
@@ -100,7 +81,7 @@ func (s store) reindex(ctx context.Context, kind, id, name, from, to string) err
 		}
 		return nil
 	}
-	wasFinal, isFinal := isFinalState(kind, from), isFinalState(kind, to)
+	wasFinal, isFinal := IsFinal(kind, from), IsFinal(kind, to)
 	var ops []func() error
 	if from == "" || from == indexUnknown {
 		ops = append(ops, func() error { return put(s.nameMarker(kind, name, id)) })

@@ -2,7 +2,6 @@ package issuer
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"strings"
 	"time"
@@ -30,31 +29,10 @@ const firstMaintenanceDelay = 3 * time.Second
 // challenge nobody updated is taken as abandoned by a crashed process.
 const abandonMargin = time.Minute
 
-// storageIdentity names a storage value well enough to tell two apart.
-func storageIdentity(o *Options) string {
-	if s, ok := o.Storage.(fmt.Stringer); ok {
-		return fmt.Sprintf("%T:%s|%s", o.Storage, s.String(), o.IssuerKey)
-	}
-	return fmt.Sprintf("%T:%p|%s", o.Storage, o.Storage, o.IssuerKey)
-}
-
-// ensureSentinel writes the store's sentinel once per process.
-func (e *Engine) ensureSentinel(ctx context.Context, s store) error {
-	id := fmt.Sprintf("%T:%p|%s", s.storage, s.storage, s.issuerKey)
-	if _, ok := e.sentinels.Load(id); ok {
-		return nil
-	}
-	if err := s.ensureSentinel(ctx); err != nil {
-		return err
-	}
-	e.sentinels.Store(id, true)
-	return nil
-}
-
 // StartMaintenance starts (once per storage and issuer key) the background
 // trimming of finished resources, or hands newer options to the running one.
 func (e *Engine) StartMaintenance(opts *Options) {
-	id := storageIdentity(opts)
+	id := StorageIdentity(opts.Storage) + "|" + opts.IssuerKey
 	e.maintMu.Lock()
 	defer e.maintMu.Unlock()
 	if m, ok := e.maint[id]; ok {
@@ -67,7 +45,7 @@ func (e *Engine) StartMaintenance(opts *Options) {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &maintenance{cancel: cancel, opts: make(chanOptions, 1)}
 	e.maint[id] = m
-	go m.run(ctx, opts)
+	go m.run(ctx, e, opts)
 }
 
 func (e *Engine) stopMaintenance() {
@@ -79,7 +57,7 @@ func (e *Engine) stopMaintenance() {
 	}
 }
 
-func (m *maintenance) run(ctx context.Context, opts *Options) {
+func (m *maintenance) run(ctx context.Context, e *Engine, opts *Options) {
 	// first pass shortly after start, not during the config load
 	timer := time.NewTimer(firstMaintenanceDelay)
 	defer timer.Stop()
@@ -90,7 +68,7 @@ func (m *maintenance) run(ctx context.Context, opts *Options) {
 		case o := <-m.opts:
 			opts = o
 		case <-timer.C:
-			s := store{storage: opts.Storage, issuerKey: opts.IssuerKey}
+			s := e.storeFor(opts)
 			cleanUpLeftovers(ctx, s, opts, time.Now())
 			trimHistory(ctx, s, opts, time.Now())
 			timer.Reset(retentionInterval)
@@ -122,7 +100,7 @@ func trimHistory(ctx context.Context, s store, opts *Options, now time.Time) {
 				dropDanglingEntry(ctx, s, opts, kind, id, now)
 				continue
 			}
-			if err != nil || !isFinalState(kind, head.State) {
+			if err != nil || !IsFinal(kind, head.State) {
 				continue
 			}
 			if err := s.delete(ctx, kind, id); err != nil {
@@ -193,8 +171,8 @@ func cleanUpLeftovers(ctx context.Context, s store, opts *Options, now time.Time
 		if err := s.load(ctx, KindChallenge, id, &ch); err != nil {
 			continue
 		}
-		abandoned := !isFinalChallengeState(ch.State) && now.Sub(ch.Updated) > opts.ChallengeTimeout+abandonMargin
-		if ch.CleanedUp || (!isFinalChallengeState(ch.State) && !abandoned) {
+		abandoned := !IsFinal(KindChallenge, ch.State) && now.Sub(ch.Updated) > opts.ChallengeTimeout+abandonMargin
+		if ch.CleanedUp || (!IsFinal(KindChallenge, ch.State) && !abandoned) {
 			continue
 		}
 		if !ch.Times.Presented.IsZero() {

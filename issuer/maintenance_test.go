@@ -193,7 +193,7 @@ func TestTrimHistoryDropsDanglingEntries(t *testing.T) {
 			storage := &listsEntries{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}, entries: map[string]bool{}}
 			s := store{storage: storage, issuerKey: "certflow-test"}
 			if tt.sentinel {
-				if err := s.ensureSentinel(ctx); err != nil {
+				if err := writeSentinel(ctx, s); err != nil {
 					t.Fatal(err)
 				}
 			}

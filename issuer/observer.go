@@ -10,6 +10,9 @@ type Observer interface {
 	// RequestChanged is called when a CertificateRequest is created or
 	// reaches ready or failed.
 	RequestChanged(cr CertificateRequest)
+	// OrderCreated is called once when an Order was created at the CA;
+	// took is the new-order request's.
+	OrderCreated(o Order, took time.Duration)
 	// OrderChanged is called when an Order changes state; took is the time
 	// since its previous state.
 	OrderChanged(o Order, took time.Duration)
@@ -28,6 +31,7 @@ type Observer interface {
 type nopObserver struct{}
 
 func (nopObserver) RequestChanged(CertificateRequest)         {}
+func (nopObserver) OrderCreated(Order, time.Duration)         {}
 func (nopObserver) OrderChanged(Order, time.Duration)         {}
 func (nopObserver) ChallengeChanged(Challenge, time.Duration) {}
 func (nopObserver) CAResponded(int, time.Duration)            {}

@@ -23,14 +23,26 @@ type Options struct {
 	ChallengeTypes []string
 	// Solvers by challenge type.
 	Solvers map[string]solvers.Solver
+	// PolicyID names the automation policy these options come from
+	// (stable across reloads of the same settings): a challenge records
+	// it, so maintenance cleans a leftover with that policy's solver.
+	PolicyID string
 
 	SelfCheckDisabled bool
+	// SelfCheckAdvisory asks the CA to validate even when every
+	// challenge type failed its self-check (the failures stay recorded).
+	SelfCheckAdvisory bool
 	// SelfCheckInterval is the wait between failed self-checks.
 	SelfCheckInterval time.Duration
 	// SelfCheckTimeout bounds how long a self-check may keep failing.
 	SelfCheckTimeout time.Duration
 	// ChallengeTimeout bounds a challenge from scheduled to final.
 	ChallengeTimeout time.Duration
+
+	// OnDemandBudget is how long a request with a handshake waiting may
+	// take; a wait beyond it fails the request at once. Default:
+	// OnDemandBudget (Caddy's read-header timeout less a margin).
+	OnDemandBudget time.Duration
 
 	// BackoffInitial and BackoffMax shape the failure backoff per name.
 	BackoffInitial, BackoffMax time.Duration
@@ -66,6 +78,9 @@ func (o *Options) SetDefaults() {
 	}
 	if o.ChallengeTimeout <= 0 {
 		o.ChallengeTimeout = DefaultChallengeTimeout
+	}
+	if o.OnDemandBudget <= 0 {
+		o.OnDemandBudget = OnDemandBudget
 	}
 	if o.BackoffInitial <= 0 {
 		o.BackoffInitial = DefaultBackoffInitial

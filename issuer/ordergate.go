@@ -4,142 +4,140 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// onDemandBudget is how long an on-demand request may take in all: Caddy's
+// OnDemandBudget is how long an on-demand request may take in all: Caddy's
 // read-header timeout (60 s) bounds the waiting handshake, less a margin.
-const onDemandBudget = 45 * time.Second
+// A hold or wait longer than that fails the handshake at once.
+const OnDemandBudget = 45 * time.Second
 
 // managedMaxHold is the longest a managed (background) request waits for a
 // rate limit before it fails and leaves the retry to certmagic's ladder.
 const managedMaxHold = time.Hour
 
-// HeldBackError means a new order was not attempted because of a rate limit
-// (the CA's Retry-After or the configured order rate limit) that would
-// outlast what the request could wait. It is not a failure of the name.
-type HeldBackError struct {
-	Until  time.Time
-	Reason string
-}
-
-func (e *HeldBackError) Error() string {
-	return fmt.Sprintf("new orders are held back until %s: %s", e.Until.UTC().Format(time.RFC3339), e.Reason)
-}
-
-// blockRecord is an account-wide hold on new orders after a 429 from the CA.
-// It is stored so every node of a cluster honours it, and written so that
-// the latest deadline wins.
-type blockRecord struct {
-	Version int       `json:"version"`
-	Until   time.Time `json:"until"`
-	Reason  string    `json:"reason"`
-	Updated time.Time `json:"updated"`
-}
-
-const kindBlocks = "blocks"
-
 // budgetLeft is how long this request may still wait.
 func (w *workflow) budgetLeft() time.Duration {
 	if w.req.OnDemand {
-		return time.Until(w.started.Add(onDemandBudget))
+		return time.Until(w.started.Add(w.opts.OnDemandBudget))
 	}
 	return managedMaxHold
 }
 
-// waitForOrderSlot holds a new order back while the CA's Retry-After is in
-// force for the account or the order rate limit is reached, failing at once
-// with a HeldBackError when the wait is longer than the request can afford.
-func (w *workflow) waitForOrderSlot(ctx context.Context) error {
-	block, err := w.engine.loadBlock(ctx, w.store)
+// waitForOrderSlot holds a new order back while a hold covers its names
+// (their own, their registered domain's, the account's), while the account
+// probes one order at a time after an account-wide hold, or while the
+// order rate limit is reached. A wait longer than the request can afford
+// fails at once as held (not a failure of the name). The returned func
+// MUST be called with the new-order request's outcome.
+func (w *workflow) waitForOrderSlot(ctx context.Context) (answered func(error), err error) {
+	for range maxHoldWaits {
+		now := time.Now()
+		h, held := w.holdOver(ctx, now)
+		if !held {
+			break
+		}
+		if h.Until.Sub(now) > w.budgetLeft() {
+			return nil, errHeld(h)
+		}
+		w.recordWait(ctx, h.Until, fmt.Sprintf("new orders for %s are held (%s): %s", h.Scope, h.Limit, h.Reason))
+		if err := sleepCtx(ctx, time.Until(h.Until)); err != nil {
+			return nil, cutOff(ctx, PartyHold, err)
+		}
+	}
+	leave, err := w.engine.watch.enter(ctx, w.req.OnDemand)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	now := time.Now()
-	if block.Until.After(now) {
-		if wait := block.Until.Sub(now); wait > w.budgetLeft() {
-			return &HeldBackError{Until: block.Until, Reason: "the CA asked to wait (Retry-After): " + block.Reason}
-		}
-		w.recordHold(ctx, block.Until, "the CA asked to wait (Retry-After): "+block.Reason)
-		if err := sleepCtx(ctx, block.Until.Sub(now)); err != nil {
-			return err
-		}
-		now = time.Now()
-	}
-	wait, ok := w.engine.limiter.reserve(now, w.budgetLeft())
+	lim := w.engine.orderLimiter()
+	wait, ok := lim.reserve(now, w.budgetLeft())
 	if !ok {
-		return &HeldBackError{Until: now.Add(wait), Reason: fmt.Sprintf("order rate limit of %d per %s for this account in this process",
-			w.engine.limiter.n, w.engine.limiter.window)}
+		leave(false)
+		return nil, heldUntil(now.Add(wait), fmt.Sprintf("order rate limit of %d per %s for this account in this process",
+			lim.n, lim.window))
 	}
 	if wait > 0 {
-		w.recordHold(ctx, now.Add(wait), fmt.Sprintf("order rate limit of %d per %s reached", w.engine.limiter.n, w.engine.limiter.window))
+		w.recordWait(ctx, now.Add(wait), fmt.Sprintf("order rate limit of %d per %s reached", lim.n, lim.window))
+		if err := sleepCtx(ctx, wait); err != nil {
+			leave(false)
+			return nil, cutOff(ctx, PartyHold, err)
+		}
 	}
-	return sleepCtx(ctx, wait)
+	return func(err error) {
+		leave(err == nil)
+		w.engine.newOrderAnswered(ctx, w.store, w.names, err)
+	}, nil
 }
 
-// recordHold writes on the CertificateRequest that it waits for a rate limit
-// and until when, so a status view shows why it is pending.
-func (w *workflow) recordHold(ctx context.Context, until time.Time, reason string) {
+// maxHoldWaits bounds waitForOrderSlot's loop: each round waits for a hold
+// to end, and a new one may have begun meanwhile.
+const maxHoldWaits = 16
+
+// recordWait writes on the CertificateRequest that it waits, why and until
+// when, so a status view shows why it is pending.
+func (w *workflow) recordWait(ctx context.Context, until time.Time, reason string) {
 	w.logger.Info("new order held back; waiting", zap.Time("until", until), zapReason(reason))
 	w.cr.Reason = "waiting until " + until.UTC().Format(time.RFC3339) + ": " + reason
 	w.cr.NextAttempt = until
-	if err := w.saveRequest(ctx); err != nil {
+	if err := w.commitRequest(ctx); err != nil {
 		w.logger.Warn("recording the wait on the certificate request", zap.Error(err))
 	}
 }
 
-// loadBlock returns the account's hold on new orders, from memory or storage.
-func (e *Engine) loadBlock(ctx context.Context, s store) (blockRecord, error) {
-	e.blockMu.Lock()
-	mem := e.block
-	e.blockMu.Unlock()
-	var stored blockRecord
-	err := s.load(ctx, kindBlocks, e.cfg.accountUser(), &stored)
-	switch {
-	case err == nil, errors.Is(err, fs.ErrNotExist), errors.Is(err, ErrCorrupt):
-		// a missing block is only believed once the store is known to
-		// answer: the name record load has checked the sentinel already
-	default:
-		return mem, err
-	}
-	if stored.Until.After(mem.Until) {
-		return stored, nil
-	}
-	return mem, nil
-}
-
-// recordBlock holds new orders for the account until the given time, in
-// memory and in storage; a later deadline already recorded wins.
-func (e *Engine) recordBlock(ctx context.Context, s store, until time.Time, reason string) {
-	e.blockMu.Lock()
-	if until.After(e.block.Until) {
-		e.block = blockRecord{Version: SchemaVersion, Until: until, Reason: reason, Updated: time.Now()}
-	}
-	mem := e.block
-	e.blockMu.Unlock()
-
-	var stored blockRecord
-	if err := s.load(ctx, kindBlocks, e.cfg.accountUser(), &stored); err == nil && !stored.Until.Before(mem.Until) {
+// newOrderAnswered learns from a new-order request's outcome: a 429 holds
+// what the CA limited (limitScope), every node sharing the storage, until
+// the CA's Retry-After; the account is held for an account-wide limit, or
+// when most recent new-orders met 429s of unrecognised scope (accountWatch).
+func (e *Engine) newOrderAnswered(ctx context.Context, s store, names []string, err error) {
+	var limited *RateLimitedError
+	if !errors.As(err, &limited) {
+		if err == nil || isRefusal(err) {
+			e.watch.record(false, "")
+		}
 		return
 	}
-	if err := s.save(ctx, kindBlocks, e.cfg.accountUser(), mem); err != nil {
-		e.logger.Error("recording the CA's rate limit", zap.Error(err))
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	now := time.Now()
+	user := e.cfg.accountUser()
+	limit, scope := limitScope(limited.Detail, names, user)
+	domain, _ := registeredDomain(names)
+	holdAccount := e.watch.record(limit == unrecognisedLimit, domain)
+	table := e.holdsFor(s)
+	if scope.Kind == ScopeAccount {
+		holdAccount = true
+	} else if err := table.put(ctx, s, Hold{Scope: scope, Until: limited.Until, Reason: limited.Detail, Limit: limit}); err != nil {
+		e.logger.Error("recording a rate-limit hold", zap.String("scope", scope.String()), zap.Error(err))
 	}
+	e.logger.Warn("the CA rate-limited a new order", zap.Strings("names", names), zap.String("limit", limit),
+		zap.String("held", scope.String()), zap.Time("until", limited.Until), zapReason(limited.Detail))
+	if !holdAccount {
+		return
+	}
+	why := limit
+	if scope.Kind != ScopeAccount {
+		why = fmt.Sprintf("429s of unrecognised scope for %d of the last %d new orders", e.watch.unrecognised(), watchWindow)
+	}
+	until := limited.Until
+	if limit := now.Add(AccountHoldMax); until.After(limit) {
+		until = limit
+	}
+	if err := table.put(ctx, s, Hold{Scope: HoldScope{Kind: ScopeAccount, Value: user}, Until: until, Reason: limited.Detail, Limit: why}); err != nil {
+		e.logger.Error("recording the account's hold", zap.Error(err))
+	}
+	e.watch.startProbing()
+	e.logger.Warn("new orders for the account are held; then one order at a time until one succeeds",
+		zap.Time("until", until), zap.String("limit", why), zapReason(limited.Detail))
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
+// cutOff charges a step cut off by ctx: a shutdown or reload is nobody's,
+// a request's own deadline whoever was failing it.
+func cutOff(ctx context.Context, failing Party, err error) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return recharge(PartyNobody, err)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return recharge(failing, err)
 }

@@ -111,13 +111,13 @@ func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 	switch {
 	case q.Name != "":
 		err = r.walkFlat(ctx, path.Join(idx, "name", certmagic.StorageKeys.Safe(q.Name)), take)
-	case q.State != "" && !isFinalState(q.Kind, q.State):
+	case q.State != "" && !IsFinal(q.Kind, q.State):
 		err = r.walkBuckets(ctx, r.s.inflightDir(q.Kind), q.After, take)
 	case q.State != "":
 		err = r.walkBuckets(ctx, r.s.stateDir(q.Kind, q.State), q.After, take)
 	default:
 		dirs := []string{r.s.inflightDir(q.Kind)}
-		for _, state := range finalStates(q.Kind) {
+		for _, state := range FinalStates(q.Kind) {
 			dirs = append(dirs, r.s.stateDir(q.Kind, state))
 		}
 		err = r.walkMerged(ctx, dirs, q.After, limit, take)

@@ -330,7 +330,7 @@ func TestReaderStatusAndClearBackoff(t *testing.T) {
 	if _, err := r.Status(ctx, "x.test"); !errors.Is(err, ErrStorage) {
 		t.Fatalf("Status before the store was ever written: %v, want a storage error", err)
 	}
-	if err := s.ensureSentinel(ctx); err != nil {
+	if err := writeSentinel(ctx, s); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.Status(ctx, "x.test"); !errors.Is(err, ErrUnknownName) {
@@ -445,8 +445,8 @@ func walkedFolderHolds(q Query, r synthetic) bool {
 	switch {
 	case q.Name != "":
 		return r.name == q.Name
-	case q.State != "" && !isFinalState(q.Kind, q.State):
-		return !isFinalState(r.kind, r.state)
+	case q.State != "" && !IsFinal(q.Kind, q.State):
+		return !IsFinal(r.kind, r.state)
 	case q.State != "":
 		return r.state == q.State
 	}

@@ -1,6 +1,8 @@
 package issuer
 
 import (
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 )
@@ -17,7 +19,28 @@ type Refusal struct {
 // its registered domain or the account, or an open circuit to the CA. It
 // never touches storage or the CA.
 func (e *Engine) RefusalFor(issuerKey, name string, now time.Time) (Refusal, bool) {
-	return e.backoffs.refusal(issuerKey, name, now)
+	if r, ok := e.backoffs.refusal(issuerKey, name, now); ok {
+		return r, true
+	}
+	// a hold a handshake cannot wait out (a shorter one is waited for)
+	var held Hold
+	e.holdTables.Range(func(k, v any) bool {
+		if !strings.HasSuffix(k.(string), "|"+issuerKey) {
+			return true
+		}
+		if h, ok := v.(*holdTable).covering([]string{name}, e.cfg.accountUser(), now); ok && h.Until.After(held.Until) {
+			held = h
+		}
+		return true
+	})
+	if held.Until.Sub(now) > OnDemandBudget {
+		return Refusal{Reason: fmt.Sprintf("new orders for %s are held (%s): %s", held.Scope, held.Limit, held.Reason), Until: held.Until}, true
+	}
+	if err := e.breaker.refusesNow(now); err != nil {
+		_, until := chargedTo(err)
+		return Refusal{Reason: err.Error(), Until: until}, true
+	}
+	return Refusal{}, false
 }
 
 // maxRememberedBackoffs bounds the names whose backoff the engine keeps in

@@ -21,7 +21,8 @@ type workflow struct {
 	store   store
 	req     Request
 	ids     []acme.Identifier
-	name    string
+	names   []string // the identifiers' values
+	name    string   // the first: certmagic's name for the certificate
 	logger  *zap.Logger
 	started time.Time
 
@@ -57,36 +58,42 @@ func detached(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
 }
 
+// mode is how this request's CA calls wait for an open circuit: not at all
+// when a handshake is waiting.
+func (w *workflow) mode() callMode {
+	return callMode{interactive: w.req.OnDemand, observer: w.observer()}
+}
+
+// call runs one CA request for this workflow (Engine.call); a problem of
+// the account is the account's, and holds the engine.
+func (w *workflow) call(ctx context.Context, op caOp, step string, fn func(ctx context.Context) error) error {
+	err := w.engine.call(ctx, op, step, w.mode(), fn)
+	if party, _ := chargedTo(err); party == PartyAccount {
+		return w.engine.accountFailed(ctx, w.store, err)
+	}
+	return err
+}
+
 func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error) {
-	if w.opts.Observer != nil {
-		ctx = context.WithValue(ctx, observerKey{}, w.opts.Observer)
-	}
-	if err := w.engine.ensureSentinel(ctx, w.store); err != nil {
-		return nil, fmt.Errorf("%s: %w", w.name, err)
-	}
 	rec, err := w.loadNameRecord(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", w.name, err)
+		return nil, w.refuse(fmt.Errorf("%s: %w", w.name, charge(PartyStorage, err)))
 	}
 	w.rec = rec
-
 	now := time.Now()
 	w.engine.backoffs.note(w.opts.IssuerKey, w.name, rec.NextAttempt, backoffReason(rec), now)
-	if live, queued := w.engine.scheduler.Stats(); queued >= w.engine.scheduler.Limits().MaxQueued {
-		// fail before creating anything: the queue is this process's
-		// capacity, not the name's fault, so no backoff either
-		return nil, certmagic.ErrNoRetry{Err: fmt.Errorf("%s: %w (%d live, %d queued)", w.name, ErrQueueFull, live, queued)}
+	if err := w.refuseEarly(ctx, now); err != nil {
+		return nil, w.refuse(fmt.Errorf("%s: %w", w.name, err))
 	}
-	if w.req.OnDemand && now.Before(rec.NextAttempt) {
-		// a name that just failed is not re-ordered on every handshake
-		return nil, certmagic.ErrNoRetry{Err: fmt.Errorf("%s: %s", w.name, backoffReason(rec))}
+	if w.req.OnDemand {
+		w.rec.OnDemand = true // written with the next write of the record
 	}
 
 	w.cr = &CertificateRequest{
 		Version:     SchemaVersion,
 		ID:          newID(now),
 		Name:        w.name,
-		Identifiers: identifierValues(w.ids),
+		Identifiers: w.names,
 		CSR:         string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: w.req.CSR.Raw})),
 		OnDemand:    w.req.OnDemand,
 		State:       RequestPending,
@@ -94,7 +101,7 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 		Created:     now,
 		Updated:     now,
 	}
-	// written with the order it produces (or its failure): one write less
+	// committed with the order it produces (or its failure): see SaveRules
 	w.observer().RequestChanged(*w.cr)
 	w.logger.Info("certificate request created", zapRequest(w.cr.ID), zapState(w.cr.State),
 		zap.Bool("on_demand", w.req.OnDemand), zap.Int("attempt", w.cr.Attempt))
@@ -107,9 +114,52 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 	return issued, nil
 }
 
+// refuse is the error for a request refused before anything was written:
+// certmagic.ErrNoRetry only when a handshake waits (its retry is the
+// backoff's and the holds' business); a managed name's obtain keeps
+// certmagic's retry ladder running.
+func (w *workflow) refuse(err error) error {
+	if w.req.OnDemand {
+		return certmagic.ErrNoRetry{Err: err}
+	}
+	return err
+}
+
+// refuseEarly fails a request at once, writing nothing, when it cannot go
+// anywhere now: the scheduler's queue is full (this process's capacity);
+// the name backs off after a failure (when a handshake asks, or certmagic
+// renews in the background a certificate a handshake asked for); or, when
+// a handshake waits, a hold covers the name (its own, its registered
+// domain's, the account's) for longer than it can wait, or the circuit to
+// the CA is open.
+func (w *workflow) refuseEarly(ctx context.Context, now time.Time) error {
+	if live, queued := w.engine.scheduler.Stats(); queued >= w.engine.scheduler.Limits().MaxQueued {
+		return charge(PartyProcess, fmt.Errorf("%w (%d live, %d queued)", ErrQueueFull, live, queued))
+	}
+	if (w.req.OnDemand || w.rec.OnDemand) && now.Before(w.rec.NextAttempt) {
+		// a name that just failed is not re-ordered on every handshake
+		return &ChargedError{Party: PartyName, Until: w.rec.NextAttempt, Err: errors.New(backoffReason(w.rec))}
+	}
+	if !w.req.OnDemand {
+		return nil // a managed request waits for holds and the circuit where it meets them
+	}
+	if h, ok := w.holdOver(ctx, now); ok && h.Until.Sub(now) > w.budgetLeft() {
+		return errHeld(h)
+	}
+	return w.engine.breaker.refusesNow(now)
+}
+
+// holdOver returns the longest hold over the request's names, refreshing
+// this process's view of the stored holds when it is stale.
+func (w *workflow) holdOver(ctx context.Context, now time.Time) (Hold, bool) {
+	t := w.engine.holdsFor(w.store)
+	t.refresh(ctx, w.store, now)
+	return t.covering(w.names, w.engine.cfg.accountUser(), now)
+}
+
 // obtain runs the Order to completion and returns the chain.
 func (w *workflow) obtain(ctx context.Context) (*certmagic.IssuedCertificate, error) {
-	acct, err := w.engine.account(ctx, w.opts.Storage)
+	acct, err := w.engine.account(ctx, w.store, w.mode(), w.budgetLeft())
 	if err != nil {
 		return nil, fmt.Errorf("ACME account: %w", err)
 	}
@@ -122,7 +172,7 @@ func (w *workflow) obtain(ctx context.Context) (*certmagic.IssuedCertificate, er
 	w.order = o
 	if w.cr.Order != o.order.ID { // resumed: the request now points at it
 		w.cr.Order = o.order.ID
-		if err := w.saveRequest(ctx); err != nil {
+		if err := w.commitRequest(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -135,18 +185,19 @@ func (w *workflow) recordSuccess(ctx context.Context) {
 	now := time.Now()
 	w.cr.State, w.cr.Reason, w.cr.Updated = RequestReady, "", now
 	w.cr.Took = Duration(now.Sub(w.started))
+	w.order.advance(OrderValid, "")
 	// the valid order, the ready request and the name: independent writes.
 	// The name is written only when it has a failure to forget: its
 	// current order, now valid, is never resumed (resumeOrder skips a
 	// finished order), so clearing it is not worth a synced write.
 	writes := []func() error{
-		func() error { return w.order.setState(ctx, OrderValid, "") },
-		w.saveRequestFunc(ctx),
+		func() error { return w.order.commit(ctx) },
+		func() error { return w.commitRequest(ctx) },
 	}
 	w.engine.backoffs.note(w.opts.IssuerKey, w.name, time.Time{}, "", now)
 	if w.rec.Failures != 0 || !w.rec.NextAttempt.IsZero() || w.rec.LastError != "" {
 		w.rec.Failures, w.rec.NextAttempt, w.rec.LastError, w.rec.CurrentOrder = 0, time.Time{}, "", ""
-		writes = append(writes, w.saveNameRecordFunc(ctx))
+		writes = append(writes, func() error { return w.saveNameRecord(ctx) })
 	}
 	if err := parallel(writes...); err != nil {
 		w.logger.Error("recording the issued certificate", zapRequest(w.cr.ID), zap.Error(err))
@@ -156,28 +207,28 @@ func (w *workflow) recordSuccess(ctx context.Context) {
 		zapState(RequestReady), zapTook(now.Sub(w.started)))
 }
 
-// recordFailure marks the CertificateRequest failed, sets the name's next
-// allowed attempt (doubling backoff), and returns the error certmagic gets:
-// ErrNoRetry for on-demand requests (the backoff owns the retry schedule),
-// a normal error for managed names (certmagic's retry ladder keeps going).
+// recordFailure marks the CertificateRequest failed and charges the
+// failure to whoever caused it (chargedTo): only a failure of the name
+// grows its backoff; a hold, the account or an open circuit set the next
+// attempt to the end of their wait; the CA's network, storage, this
+// process's queue and a shutdown set nothing. It returns the error
+// certmagic gets: ErrNoRetry for on-demand requests, a normal error for
+// managed names (certmagic's retry ladder keeps going).
 func (w *workflow) recordFailure(ctx context.Context, cause error) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		cause = recharge(PartyNobody, cause) // a shutdown or reload cut it off
+	}
 	ctx, cancel := detached(ctx)
 	defer cancel()
 	now := time.Now()
 	reason := cause.Error()
+	party, until := chargedTo(cause)
 
-	var held *HeldBackError
 	nextAttempt := now
-	switch {
-	case errors.As(cause, &held):
-		// a rate limit, not a failure of the name: no backoff of its own
-		nextAttempt = held.Until
-	case errors.Is(cause, ErrQueueFull):
-		// this process's capacity, not the name's fault
-	default:
+	switch party {
+	case PartyName:
 		w.rec.Failures++
-		wait := backoffFor(w.rec.Failures, w.opts.BackoffInitial, w.opts.BackoffMax)
-		w.rec.NextAttempt = now.Add(wait)
+		w.rec.NextAttempt = now.Add(backoffFor(w.rec.Failures, w.opts.BackoffInitial, w.opts.BackoffMax))
 		w.rec.LastError = reason
 		nextAttempt = w.rec.NextAttempt
 		if failed := w.getFailedType(); failed != "" {
@@ -185,15 +236,26 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 		}
 		w.observer().BackoffStarted(w.name, w.rec.NextAttempt, reason)
 		w.engine.backoffs.note(w.opts.IssuerKey, w.name, w.rec.NextAttempt, backoffReason(w.rec), now)
+	case PartyHold, PartyAccount, PartyCA:
+		if until.IsZero() && party == PartyCA {
+			if st := w.engine.breaker.snapshot(); st.State != breakerClosed {
+				until = st.Until
+			}
+		}
+		if until.After(now) {
+			nextAttempt = until
+			w.observer().BackoffStarted(w.name, until, reason)
+		}
 	}
 	w.cr.State, w.cr.Reason, w.cr.Updated = RequestFailed, reason, now
+	w.cr.ChargedTo = party
 	w.cr.NextAttempt = nextAttempt
 	w.cr.Took = Duration(now.Sub(w.started))
-	if err := parallel(w.saveNameRecordFunc(ctx), w.saveRequestFunc(ctx)); err != nil {
+	if err := parallel(func() error { return w.saveNameRecord(ctx) }, func() error { return w.commitRequest(ctx) }); err != nil {
 		w.logger.Error("recording the failure", zapRequest(w.cr.ID), zap.Error(err))
 	}
 	w.logger.Error("certificate request failed", zapRequest(w.cr.ID), zapOrder(w.cr.Order),
-		zapState(RequestFailed), zapReason(reason), zapTook(now.Sub(w.started)),
+		zapState(RequestFailed), zapReason(reason), zap.String("charged_to", string(party)), zapTook(now.Sub(w.started)),
 		zap.Int("failures", w.rec.Failures), zap.Time("next_attempt", nextAttempt))
 	w.observer().RequestChanged(*w.cr)
 
@@ -202,31 +264,6 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 		return certmagic.ErrNoRetry{Err: err}
 	}
 	return err
-}
-
-// backoffReason is the stable message of a name backing off.
-func backoffReason(rec *NameRecord) string {
-	return fmt.Sprintf("backing off after %d failed attempt(s), last: %s; next attempt at %s",
-		rec.Failures, rec.LastError, rec.NextAttempt.UTC().Format(time.RFC3339))
-}
-
-// backoffFor is the wait after the n-th consecutive failure (n ≥ 1).
-func backoffFor(n int, initial, max time.Duration) time.Duration {
-	d := initial
-	for i := 1; i < n && d < max; i++ {
-		d *= 2
-	}
-	return min(d, max)
-}
-
-// nextTypeOffset rotates the type preference past the type that failed.
-func nextTypeOffset(types []string, failed string) int {
-	for i, t := range types {
-		if t == failed {
-			return (i + 1) % len(types)
-		}
-	}
-	return 0
 }
 
 func (w *workflow) loadNameRecord(ctx context.Context) (*NameRecord, error) {
@@ -257,7 +294,8 @@ func (w *workflow) saveNameRecord(ctx context.Context) error {
 	return w.store.save(ctx, kindNames, w.name, w.rec)
 }
 
-func (w *workflow) saveRequest(ctx context.Context) error {
+// commitRequest writes the CertificateRequest as it is now.
+func (w *workflow) commitRequest(ctx context.Context) error {
 	w.cr.Updated = time.Now()
 	if err := w.store.saveResource(ctx, KindRequest, w.cr.ID, w.cr.Name, w.cr.indexed, w.cr.State, w.cr); err != nil {
 		return err
@@ -279,12 +317,4 @@ func (w *workflow) observer() Observer {
 		return w.opts.Observer
 	}
 	return nopObserver{}
-}
-
-func (w *workflow) saveNameRecordFunc(ctx context.Context) func() error {
-	return func() error { return w.saveNameRecord(ctx) }
-}
-
-func (w *workflow) saveRequestFunc(ctx context.Context) func() error {
-	return func() error { return w.saveRequest(ctx) }
 }

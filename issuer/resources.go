@@ -20,14 +20,17 @@ const (
 // CertificateRequest is one call of Issue: the CSR, the identifiers, the
 // outcome, and the time of the next allowed attempt after a failure.
 type CertificateRequest struct {
-	Version     int       `json:"version"`
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	Identifiers []string  `json:"identifiers"`
-	CSR         string    `json:"csr"`
-	OnDemand    bool      `json:"on_demand,omitempty"`
-	State       string    `json:"state"`
-	Reason      string    `json:"reason,omitempty"`
+	Version     int      `json:"version"`
+	ID          string   `json:"id"`
+	Name        string   `json:"name"`
+	Identifiers []string `json:"identifiers"`
+	CSR         string   `json:"csr"`
+	OnDemand    bool     `json:"on_demand,omitempty"`
+	State       string   `json:"state"`
+	Reason      string   `json:"reason,omitempty"`
+	// ChargedTo is who a failure was charged to (see Party): only the
+	// name's own failures grow its backoff.
+	ChargedTo   Party     `json:"charged_to,omitempty"`
 	Order       string    `json:"order,omitempty"`
 	Attempt     int       `json:"attempt"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
@@ -37,13 +40,6 @@ type CertificateRequest struct {
 
 	indexed string // the state the index shows; "" until first saved
 }
-
-// CertificateRequest states.
-const (
-	RequestPending = "pending"
-	RequestReady   = "ready"
-	RequestFailed  = "failed"
-)
 
 // Order mirrors an ACME order.
 type Order struct {
@@ -68,16 +64,6 @@ type Order struct {
 	indexed string // the state the index shows; "" until first saved
 }
 
-// Order states: the ACME ones, plus errored when certflow itself gave up.
-const (
-	OrderPending    = "pending"
-	OrderReady      = "ready"
-	OrderProcessing = "processing"
-	OrderValid      = "valid"
-	OrderInvalid    = "invalid"
-	OrderErrored    = "errored"
-)
-
 // Challenge is one identifier's authorization being solved.
 type Challenge struct {
 	Version          int             `json:"version"`
@@ -94,10 +80,20 @@ type Challenge struct {
 	OnDemand         bool            `json:"on_demand,omitempty"`
 	Presented        json.RawMessage `json:"presented,omitempty"`
 	SelfChecks       int             `json:"self_checks,omitempty"`
-	CleanedUp        bool            `json:"cleaned_up,omitempty"`
-	Created          time.Time       `json:"created"`
-	Updated          time.Time       `json:"updated"`
-	Times            ChallengeTimes  `json:"times"`
+	// SelfCheckFailures is the last failed self-check's reason per
+	// challenge type tried (a failing type gives way to the next one).
+	SelfCheckFailures map[string]string `json:"self_check_failures,omitempty"`
+	CleanedUp         bool              `json:"cleaned_up,omitempty"`
+	// Owner is the engine (process) that runs it, Policy the automation
+	// policy whose solvers present it (see Options.PolicyID), and
+	// Deadline when it must be final (zero while queued): maintenance
+	// judges an abandoned challenge by them.
+	Owner    string         `json:"owner,omitempty"`
+	Policy   string         `json:"policy,omitempty"`
+	Deadline time.Time      `json:"deadline,omitzero"`
+	Created  time.Time      `json:"created"`
+	Updated  time.Time      `json:"updated"`
+	Times    ChallengeTimes `json:"times"`
 
 	indexed string // the state the index shows; "" until first saved
 }
@@ -110,24 +106,6 @@ type ChallengeTimes struct {
 	SelfChecked time.Time `json:"self_checked,omitzero"`
 	Accepted    time.Time `json:"accepted,omitzero"`
 	Finished    time.Time `json:"finished,omitzero"`
-}
-
-// Challenge states, in lifecycle order.
-const (
-	ChallengeQueued      = "queued"
-	ChallengeScheduled   = "scheduled"
-	ChallengeSynced      = "synced"
-	ChallengePresented   = "presented"
-	ChallengeSelfChecked = "self-checked"
-	ChallengeAccepted    = "accepted"
-	ChallengeValid       = "valid"
-	ChallengeInvalid     = "invalid"
-	ChallengeErrored     = "errored"
-)
-
-// isFinal reports whether a challenge state is final.
-func isFinalChallengeState(state string) bool {
-	return state == ChallengeValid || state == ChallengeInvalid || state == ChallengeErrored
 }
 
 // NameRecord is certflow's memory of one name, kept apart from the bounded
@@ -143,8 +121,12 @@ type NameRecord struct {
 	LastError    string    `json:"last_error,omitempty"`
 	// TypeOffset rotates the challenge type preference after a failed
 	// validation, so the next attempt uses the next enabled type.
-	TypeOffset int       `json:"type_offset,omitempty"`
-	Updated    time.Time `json:"updated"`
+	TypeOffset int `json:"type_offset,omitempty"`
+	// OnDemand is true once the name was asked for by a handshake: a
+	// background renewal of its certificate (certmagic sends no
+	// ClientHello then) respects its backoff like a handshake does.
+	OnDemand bool      `json:"on_demand,omitempty"`
+	Updated  time.Time `json:"updated"`
 }
 
 // Duration marshals as a Go duration string ("1.5s") for readability.

@@ -58,12 +58,6 @@ type ticket struct {
 // ErrQueueFull is returned when too many challenges are already waiting.
 var ErrQueueFull = errors.New("too many challenges waiting for the scheduler")
 
-var defaultScheduler = NewScheduler(SchedulerLimits{})
-
-// DefaultScheduler is the process-wide scheduler shared by every certflow
-// issuer: the cap is per process, whatever the number of policies.
-func DefaultScheduler() *Scheduler { return defaultScheduler }
-
 // NewScheduler returns a scheduler with the given limits (zero values take
 // the defaults).
 func NewScheduler(limits SchedulerLimits) *Scheduler {

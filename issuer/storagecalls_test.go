@@ -119,12 +119,12 @@ func TestCountStorageCallsWrapping(t *testing.T) {
 	// one maintenance per storage: every config's wrapper of the same
 	// storage has the same identity
 	w3 := CountStorageCalls(fs, &countingObserver{})
-	a := storageIdentity(&Options{Storage: w1, IssuerKey: "k"})
-	b := storageIdentity(&Options{Storage: w3, IssuerKey: "k"})
+	a := StorageIdentity(w1)
+	b := StorageIdentity(w3)
 	if a != b {
 		t.Errorf("two wrappers of one storage have identities %q and %q", a, b)
 	}
-	other := storageIdentity(&Options{Storage: CountStorageCalls(&certmagic.FileStorage{Path: t.TempDir()}, obs), IssuerKey: "k"})
+	other := StorageIdentity(CountStorageCalls(&certmagic.FileStorage{Path: t.TempDir()}, obs))
 	if other == a {
 		t.Errorf("two storages have the same identity %q", a)
 	}

@@ -23,7 +23,8 @@ import (
 type store struct {
 	storage   certmagic.Storage
 	issuerKey string
-	logger    *zap.Logger // may be nil
+	logger    *zap.Logger  // may be nil
+	health    *storeHealth // nil for readers: they never probe (storehealth.go)
 }
 
 // ErrStorage marks a failure of the storage itself; the step is retried.
@@ -106,32 +107,6 @@ func (s store) delete(ctx context.Context, kind, id string) error {
 	key := s.key(kind, id)
 	if err := s.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: deleting %s: %w", ErrStorage, key, err)
-	}
-	return nil
-}
-
-// ensureSentinel writes the sentinel once, so that later a missing resource
-// can be told apart from a store that is not answering.
-func (s store) ensureSentinel(ctx context.Context) error {
-	key := s.sentinelKey()
-	if _, err := s.storage.Load(ctx, key); err == nil {
-		return nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: loading %s: %w", ErrStorage, key, err)
-	}
-	if err := s.storage.Store(ctx, key, []byte("certflow")); err != nil {
-		return fmt.Errorf("%w: storing %s: %w", ErrStorage, key, err)
-	}
-	return nil
-}
-
-// confirmAbsent is called when a resource was not found, before acting on
-// its absence: some backends report an unreachable store as "not found", so
-// the sentinel written earlier must still read back.
-func (s store) confirmAbsent(ctx context.Context, missing string) error {
-	if _, err := s.storage.Load(ctx, s.sentinelKey()); err != nil {
-		return fmt.Errorf("%w: %s reads as missing, but the store is not answering (sentinel %s: %w)",
-			ErrStorage, missing, s.sentinelKey(), err)
 	}
 	return nil
 }

@@ -68,3 +68,15 @@ type SelfCheckTuning struct {
 	// Timeout bounds how long the check may keep failing.
 	Timeout time.Duration
 }
+
+// Planner is implemented by solvers whose CleanUp needs to know what
+// Present published, which Present's memo would otherwise carry (DNS-01:
+// the TXT record). The engine stores the plan with the challenge before it
+// presents, so that a crash, or a failed write between Present and the
+// write of its memo, never leaves a record that nothing can find.
+type Planner interface {
+	// Plan returns a memo describing what Present will publish for chal.
+	// CleanUp MUST accept it in place of Present's own memo. It MUST NOT
+	// contain secrets.
+	Plan(chal acme.Challenge) (memo json.RawMessage, err error)
+}

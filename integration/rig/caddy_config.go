@@ -52,6 +52,9 @@ type CaddyConfig struct {
 	// policy is what answers challenges: Pebble's validator sends
 	// "Host: name:port", and Caddy looks the policy up with the port kept.
 	Issuer map[string]any
+	// Fallbacks are more issuer objects of the catch-all policy, tried in
+	// order after Issuer (certmagic moves to the next on any error).
+	Fallbacks []map[string]any
 	// Policies are automation policies placed before the catch-all one,
 	// e.g. with Subjects for managed names or for a second issuer.
 	Policies []Policy
@@ -174,7 +177,7 @@ func (c CaddyConfig) tlsApp() map[string]any {
 		policies = append(policies, p.toJSON())
 	}
 	if c.Issuer != nil {
-		policies = append(policies, Policy{Issuers: []map[string]any{c.Issuer}, OnDemand: true}.toJSON())
+		policies = append(policies, Policy{Issuers: append([]map[string]any{c.Issuer}, c.Fallbacks...), OnDemand: true}.toJSON())
 	}
 	automation := map[string]any{"policies": policies}
 	if c.AskURL != "" {

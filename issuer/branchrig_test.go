@@ -1,0 +1,163 @@
+package issuer
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/certflow/certflow/solvers"
+)
+
+// fakeSolver presents nothing and passes or fails its self-check as told.
+type fakeSolver struct {
+	mu        sync.Mutex
+	failCheck bool
+	presented int
+	cleaned   int
+	checks    int
+}
+
+func (s *fakeSolver) Present(context.Context, acme.Challenge) (json.RawMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.presented++
+	return nil, nil
+}
+
+func (s *fakeSolver) SelfCheck(context.Context, acme.Challenge) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checks++
+	if s.failCheck {
+		return errors.New("fake: the answer is not reachable")
+	}
+	return nil
+}
+
+func (s *fakeSolver) CleanUp(context.Context, acme.Challenge, json.RawMessage) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cleaned++
+	return nil
+}
+
+func (s *fakeSolver) set(fail bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failCheck = fail
+}
+
+// branchRig is an engine against a fakeCA, with in-memory storage and fake
+// solvers for HTTP-01 and TLS-ALPN-01: the workflow's branches without
+// Caddy or Pebble.
+type branchRig struct {
+	t       *testing.T
+	ca      *fakeCA
+	storage *memStorage
+	engine  *Engine
+	opts    *Options
+	solvers map[string]*fakeSolver
+}
+
+const branchIssuerKey = "certflow-fake"
+
+func newBranchRig(t *testing.T, tune func(o *Options)) *branchRig {
+	t.Helper()
+	r := &branchRig{t: t, ca: newFakeCA(t), storage: newMemStorage(), solvers: map[string]*fakeSolver{
+		acme.ChallengeTypeHTTP01: {}, acme.ChallengeTypeTLSALPN01: {},
+	}}
+	e, err := NewEngine(AccountConfig{CA: "https://fake.ca/dir", Email: "branch@example.com"}, r.ca, NewScheduler(SchedulerLimits{}), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Destruct(); FlushIndex(10 * time.Second) })
+	r.engine = e
+	r.opts = &Options{
+		Storage:           r.storage,
+		IssuerKey:         branchIssuerKey,
+		ChallengeTypes:    []string{acme.ChallengeTypeHTTP01, acme.ChallengeTypeTLSALPN01},
+		Solvers:           map[string]solvers.Solver{},
+		SelfCheckInterval: 5 * time.Millisecond,
+		SelfCheckTimeout:  time.Second,
+	}
+	for typ, s := range r.solvers {
+		r.opts.Solvers[typ] = s
+	}
+	if tune != nil {
+		tune(r.opts)
+	}
+	r.opts.SetDefaults()
+	return r
+}
+
+// issue runs one Issue for name, on demand (a handshake waiting) or not.
+func (r *branchRig) issue(name string, onDemand bool) (*certmagic.IssuedCertificate, error) {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return r.engine.Issue(ctx, Request{CSR: newTestCSR(r.t, name), OnDemand: onDemand, Options: r.opts})
+}
+
+// newTestCSR is a CSR for name with a new key, as certmagic makes one.
+func newTestCSR(t testing.TB, name string) *x509.CertificateRequest {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: []string{name}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := x509.ParseCertificateRequest(der)
+	return csr
+}
+
+func (r *branchRig) store() store { return r.engine.storeFor(r.opts) }
+
+func (r *branchRig) nameRecord(name string) NameRecord {
+	r.t.Helper()
+	var rec NameRecord
+	if err := r.store().load(context.Background(), kindNames, name, &rec); err != nil && !isNotExist(err) {
+		r.t.Fatal(err)
+	}
+	return rec
+}
+
+// resources returns the stored resources of kind for name, oldest first.
+func resourcesOf[T any](r *branchRig, kind, name string, nameOf func(*T) string) []T {
+	r.t.Helper()
+	ctx := context.Background()
+	ids, err := r.store().list(ctx, kind)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var out []T
+	for _, id := range ids {
+		var v T
+		if err := r.store().load(ctx, kind, id, &v); err == nil && nameOf(&v) == name {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func (r *branchRig) orders(name string) []Order {
+	return resourcesOf(r, KindOrder, name, func(o *Order) string { return o.Name })
+}
+
+func (r *branchRig) requests(name string) []CertificateRequest {
+	return resourcesOf(r, KindRequest, name, func(c *CertificateRequest) string { return c.Name })
+}
+
+func (r *branchRig) challenges(name string) []Challenge {
+	return resourcesOf(r, KindChallenge, name, func(c *Challenge) string { return c.Name })
+}

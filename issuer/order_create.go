@@ -1,0 +1,82 @@
+package issuer
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+)
+
+// maxRateLimitedOrderAttempts bounds new-order attempts that meet a 429.
+const maxRateLimitedOrderAttempts = 3
+
+// newOrderRequest is what the new-order request asks the CA for.
+func (w *workflow) newOrderRequest() acme.Order {
+	return acme.Order{Identifiers: w.ids}
+}
+
+// createOrder asks the CA for a new order, once the holds, the account's
+// probing and the order rate limit let it go (waitForOrderSlot), and
+// commits it with the name's pointer to it and the request.
+func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
+	var created acme.Order
+	var start time.Time
+	for attempt := 1; ; attempt++ {
+		answered, err := w.waitForOrderSlot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		start = time.Now()
+		err = w.call(ctx, opNewOrder, "creating order", func(ctx context.Context) error {
+			var err error
+			created, err = w.engine.ca.NewOrder(ctx, w.acct, w.newOrderRequest())
+			return err
+		})
+		answered(err)
+		var limited *RateLimitedError
+		if errors.As(err, &limited) && attempt < maxRateLimitedOrderAttempts {
+			continue // the hold it left decides: wait, or fail as held
+		}
+		if err != nil {
+			return nil, err
+		}
+		break
+	}
+	now := time.Now()
+	o := &Order{
+		Version:        SchemaVersion,
+		ID:             newID(now),
+		Request:        w.cr.ID,
+		Name:           w.name,
+		Identifiers:    w.names,
+		URL:            created.Location,
+		Authorizations: created.Authorizations,
+		Finalize:       created.Finalize,
+		State:          created.Status,
+		Expires:        created.Expires,
+		Created:        now,
+	}
+	if created.Status == acme.StatusReady {
+		// the CA already holds every authorization as valid: no challenge
+		o.ReusedAuthzs = len(created.Authorizations)
+	}
+	run := &orderRun{w: w, order: o, acme: created, lastChange: now}
+	w.rec.CurrentOrder = o.ID
+	w.cr.Order, w.cr.Reason, w.cr.NextAttempt = o.ID, "", time.Time{}
+	// the order, the name's pointer to it (what a restart resumes) and the
+	// request are independent writes
+	if err := parallel(
+		func() error { return run.commit(ctx) },
+		func() error { return w.saveNameRecord(ctx) },
+		func() error { return w.commitRequest(ctx) },
+	); err != nil {
+		return nil, err
+	}
+	w.observer().OrderCreated(*o, now.Sub(start))
+	w.logger.Info("order created", zapOrder(o.ID), zapState(o.State), zapRequest(w.cr.ID),
+		zap.Int("authorizations", len(o.Authorizations)), zap.Int("reused_authorizations", o.ReusedAuthzs),
+		zapTook(now.Sub(start)))
+	return run, nil
+}
