@@ -141,6 +141,7 @@ func TestAdmissionFloodOfDeniedNames(t *testing.T) {
 	)
 	schedulerIdle(t)
 	a := newAdmissionEnv(t, envOptions{}, func(name string) bool { return !strings.HasPrefix(name, "denied-") })
+	listsAtStart := maintenanceLists()
 	a.run(admissionRun{
 		permission: map[string]any{
 			"cache_denied":     "10m",
@@ -150,15 +151,11 @@ func TestAdmissionFloodOfDeniedNames(t *testing.T) {
 			m["storage"] = map[string]any{"module": "certflow_rig_counting", "root": a.storage}
 		},
 	})
-	listsAtStart := storageLists(t)
 	// what any first issuance writes (account, certmagic's bookkeeping) is
 	// written before the flood, and certflow's start-up maintenance (3 s
-	// after start) is over: with one issuance stored, nothing follows its
-	// last list
+	// after start) is over
 	a.mustHandshake("allowed.test")
-	waitFor(t, "certflow's start-up maintenance pass", pollMax, func() bool {
-		return storageLists(t)-listsAtStart >= maxListsPerNodePass
-	})
+	waitMaintenancePass(t, listsAtStart)
 	o := a.observed()
 	before := o.scrape()
 	stores0, deletes0, locks0 := rig.StorageWrites()
