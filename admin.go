@@ -40,6 +40,18 @@ func init() {
 //	GET  /certflow/holds                 holds on names, registered domains and accounts
 //	DELETE /certflow/holds/<key>         clear one hold (see admin_holds.go)
 //
+// A <name> (and ?name=) is read as issuer.NormalizeName reads it (lower
+// case, punycode, no trailing dot, canonical IP addresses); a name certflow
+// would never accept is answered 400 with the reason.
+//
+// Reads change nothing in storage: a record that is corrupt, or that a
+// newer certflow wrote (a rolling upgrade), is shown in the status's
+// "problems" and left where it is. POST retry does not wait for an
+// issuance of the name in flight: it clears the name's holds and answers
+// 409 at once, leaving the backoff alone, because that issuance is the
+// retry and its outcome replaces the backoff. It also answers 409 for a
+// name record a newer certflow wrote.
+//
 // The lists take ?name= (the certificate's name; for challenges the
 // identifier), ?state= (challenge states also with '_' for '-', e.g.
 // self_checked), ?limit= (1–1000, default 100) and ?after=<id> (the ID of
@@ -192,10 +204,11 @@ func parseListQuery(kind string, v url.Values) (listQuery, error) {
 		val := strings.TrimSpace(vals[0])
 		switch key {
 		case "name":
-			if val == "" || strings.ContainsAny(val, "/\\") {
-				return q, badRequest("invalid name %q", val)
+			name, err := parseName(val)
+			if err != nil {
+				return q, err
 			}
-			q.name = strings.ToLower(strings.TrimSuffix(val, "."))
+			q.name = name
 		case "state":
 			state := strings.ToLower(val)
 			if kind == issuer.KindChallenge {
@@ -364,10 +377,15 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request, rawName 
 	return writeJSON(w, r, st)
 }
 
+// parseName reads a name given to the admin API the way certflow knows
+// names (issuer.NormalizeName: lower case, A-labels, no trailing dot, IP
+// addresses in canonical form); a name certflow would never accept is a
+// 400 with the reason, never looked up under a storage key another name
+// may share.
 func parseName(raw string) (string, error) {
-	name := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(raw), "."))
-	if name == "" || strings.ContainsAny(name, "/\\ ") || len(name) > 255 {
-		return "", badRequest("invalid name %q", raw)
+	name, err := issuer.NormalizeName(raw)
+	if err != nil {
+		return "", badRequest("%v", err)
 	}
 	return name, nil
 }
@@ -487,6 +505,7 @@ func (a *adminAPI) handleRetry(w http.ResponseWriter, r *http.Request, rawName s
 		return err
 	}
 	cleared := 0
+	var conflict error
 	for _, s := range srcs {
 		rd := s.reader()
 		if _, err := rd.Status(r.Context(), name); err != nil {
@@ -495,17 +514,28 @@ func (a *adminAPI) handleRetry(w http.ResponseWriter, r *http.Request, rawName s
 			}
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
 		}
-		// waits for an issuance of the name in flight (certmagic's lock)
-		if err := rd.ClearBackoff(r.Context(), name); err != nil {
-			if errors.Is(err, issuer.ErrUnknownName) {
-				continue
-			}
+		// does not wait for an issuance of the name in flight
+		err := rd.ClearBackoff(r.Context(), name)
+		switch {
+		case err == nil:
+			cleared++
+		case errors.Is(err, issuer.ErrUnknownName):
+		case errors.Is(err, issuer.ErrInFlight):
+			conflict = fmt.Errorf("%w; its holds were cleared, its backoff was not: that issuance is the retry, and its outcome "+
+				"replaces the backoff (none if it succeeds); if it fails, ask again once it has ended", err)
+		case errors.Is(err, issuer.ErrNewerSchema):
+			conflict = fmt.Errorf("not clearing the backoff of %s: %w; clear it through a node running that version", name, err)
+		default:
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("clearing the backoff of %s: %w", name, err)}
 		}
-		cleared++
 	}
+	// holds are not an issuance's to write: cleared even while one is in
+	// flight (a managed issuance may be waiting for this very hold)
 	if err := clearNameHolds(r.Context(), srcs, name); err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("clearing the hold on %s: %w", name, err)}
+	}
+	if conflict != nil {
+		return caddy.APIError{HTTPStatus: http.StatusConflict, Err: conflict}
 	}
 	if cleared == 0 {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%w: %s", issuer.ErrUnknownName, name)}

@@ -2,8 +2,6 @@ package certflow
 
 import (
 	"time"
-
-	"github.com/certflow/certflow/issuer"
 )
 
 // What certflow's issuers of this process would refuse now, answered from
@@ -46,7 +44,7 @@ func refusalFor(name string, now time.Time) (Refusal, bool) {
 
 // refusal is this instance's answer for refusalFor.
 func (iss *Issuer) refusal(name string, now time.Time) (Refusal, bool) {
-	if err := issuer.CanIssue(name, iss.challengeTypes()); err != nil {
+	if err := iss.canIssue(name); err != nil {
 		return Refusal{Reason: err.Error()}, true
 	}
 	if iss.engine == nil {

@@ -88,6 +88,12 @@ func CmdStatus(fl caddycmd.Flags, name string, out io.Writer) (int, error) {
 	if name == "" {
 		return StatusExitOK, printTables(addr, out, now)
 	}
+	// the name as the admin API reads it, so that an invalid one is
+	// refused here with the same reason
+	name, err = issuer.NormalizeName(name)
+	if err != nil {
+		return StatusExitError, err
+	}
 	var st NameStatus
 	if err := adminGet(addr, "/certflow/status/"+url.PathEscape(name), &st); err != nil {
 		return StatusExitError, err
@@ -179,6 +185,9 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 	}
 	if st.Failing && st.Record != nil && st.Record.LastError != "" && (st.Request == nil || st.Request.Reason != st.Record.LastError) {
 		line("", "Last error", "%s", oneLine(st.Record.LastError, 0))
+	}
+	for _, p := range st.Problems {
+		line("", "Problem", "%s", oneLine(p, 0))
 	}
 
 	for _, h := range st.Holds {

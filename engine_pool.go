@@ -53,9 +53,12 @@ func (iss *Issuer) acquireEngine() error {
 		CA:                   iss.CA,
 		Email:                iss.Email,
 		AccountKeyFile:       iss.AccountKeyFile,
+		AccountKeyPEM:        iss.AccountKey,
 		EAB:                  iss.ExternalAccount,
 		TrustedRootsPEMFiles: iss.TrustedRootsPEMFiles,
-		RequestTimeout:       time.Duration(iss.ACMETimeout),
+		RequestTimeout:       time.Duration(iss.RequestTimeout),
+		Proxy:                iss.proxy,
+		ProxyKey:             iss.proxyKey,
 	}
 	key := account.PoolKey()
 	e, _, err := enginePool.LoadOrNew(key, func() (caddy.Destructor, error) {

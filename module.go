@@ -13,8 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
-	"strings"
+	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -49,15 +49,62 @@ type Issuer struct {
 	// the stock acme issuer already stored for the same CA and email is used.
 	Email string `json:"email,omitempty"`
 
+	// The stock acme issuer's test CA, tried on retries before the CA
+	// itself. certflow refuses it: a failing name waits out its failure
+	// backoff instead (and the self-check catches most mistakes before
+	// the CA sees them), so there is nothing to fall back to.
+	TestCA string `json:"test_ca,omitempty"`
+
+	// The ACME profile to ask for in new orders, one the CA's directory
+	// offers (e.g. Let's Encrypt's "shortlived", which it requires for IP
+	// address certificates). It is checked against the directory when an
+	// order is made, not when the config is loaded; an order for a
+	// profile the CA does not offer fails, naming the profiles it offers.
+	// Default: none (the CA chooses).
+	Profile string `json:"profile,omitempty"`
+
+	// The PEM-encoded private key of an existing ACME account, used
+	// instead of the one found or created for the email (the account is
+	// looked up by the key, and registered if the CA has none for it).
+	// Placeholders are expanded, e.g. {env.ACME_ACCOUNT_KEY} or
+	// {file./etc/caddy/account.pem}.
+	AccountKey string `json:"account_key,omitempty"`
+
 	// A file holding the PEM-encoded private key of an existing ACME
-	// account to use instead of the one found or created for the email.
+	// account: account_key, read from a file. At most one of the two.
 	AccountKeyFile string `json:"account_key_file,omitempty"`
 
 	// External account binding credentials, if the CA requires them.
 	ExternalAccount *acme.EAB `json:"external_account,omitempty"`
 
-	// Timeout of each HTTP request to the CA. Default: 30s.
+	// How long the CA may take to decide, as in the stock acme issuer:
+	// to validate a challenge once certflow asked it to, and to issue the
+	// certificate once the order is finalized. Default: no bound of its
+	// own (challenge_timeout and the handshake's patience apply).
+	// Before certflow took the stock meaning, this was the timeout of each
+	// request to the CA, which is now request_timeout.
 	ACMETimeout caddy.Duration `json:"acme_timeout,omitempty"`
+
+	// Timeout of each HTTP request to the CA. Default: 30s.
+	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
+
+	// Which of the chains the CA offers to use, with the stock acme
+	// issuer's rules: smallest sorts them by size; then the first chain
+	// with a certificate issued by one of any_common_name, else the first
+	// whose root is one of root_common_name; else the first. Default: the
+	// CA's default chain.
+	PreferredChains *caddytls.ChainPreference `json:"preferred_chains,omitempty"`
+
+	// The validity to ask the CA for: new orders carry notAfter = the time
+	// the order is made + this. Not every CA honours it. Default: 0 (the
+	// CA or the profile decides).
+	CertificateLifetime caddy.Duration `json:"certificate_lifetime,omitempty"`
+
+	// A caddy.network_proxy module through which certflow reaches the CA
+	// (e.g. {"from": "url", "url": "http://proxy:3128"}). Default: the
+	// environment's HTTP_PROXY, HTTPS_PROXY and NO_PROXY. The self-check
+	// never uses a proxy: the CA connects directly.
+	NetworkProxyRaw json.RawMessage `json:"network_proxy,omitempty" caddy:"namespace=caddy.network_proxy inline_key=from"`
 
 	// Files of PEM-encoded CA certificates to trust when connecting to the
 	// ACME server (for a private or test CA). Default: the system's roots.
@@ -67,7 +114,9 @@ type Issuer struct {
 	// CA offers is tried first, in the order http-01, tls-alpn-01, dns-01;
 	// when validation of one type fails, the next attempt for that name
 	// uses the next enabled type. dns-01 is enabled by configuring a DNS
-	// provider, and is the only type that can obtain wildcard names.
+	// provider, and is the only type that can obtain wildcard names. As
+	// in the stock acme issuer, a DNS provider makes dns-01 the only type,
+	// unless http or tls-alpn is explicitly enabled.
 	Challenges *ChallengesConfig `json:"challenges,omitempty"`
 
 	// How certflow checks, before asking the CA to validate, that a
@@ -113,6 +162,16 @@ type Issuer struct {
 	// into it) and never nil after.
 	shadow *caddytls.ACMEIssuer
 
+	// globals receives Caddy's global ACME options while a Caddyfile is
+	// adapted (see globaloptions.go); nil otherwise.
+	globals *caddytls.ACMEIssuer
+
+	// proxy is the loaded network_proxy module's proxy function (nil: the
+	// environment's), proxyKey a digest of its config for the engine pool.
+	proxy    func(*http.Request) (*url.URL, error)
+	proxyKey string
+
+	observer  *observer // events and metrics of this instance (observer.go)
 	engine    *issuer.Engine
 	engineKey string // in enginePool; "" when none is held
 	scheduler *issuer.Scheduler
@@ -123,126 +182,6 @@ type Issuer struct {
 	// dnsProvider is the loaded challenges.dns.provider module; nil when
 	// dns-01 is not configured.
 	dnsProvider certmagic.DNSProvider
-}
-
-// ChallengesConfig enables or disables challenge types.
-type ChallengesConfig struct {
-	// HTTP-01 settings.
-	HTTP *ChallengeTypeConfig `json:"http,omitempty"`
-	// TLS-ALPN-01 settings.
-	TLSALPN *ChallengeTypeConfig `json:"tls-alpn,omitempty"`
-	// DNS-01 settings. DNS-01 is enabled when a provider is configured.
-	DNS *DNSChallengeConfig `json:"dns,omitempty"`
-}
-
-// ChallengeTypeConfig configures one challenge type.
-type ChallengeTypeConfig struct {
-	// Never use this challenge type.
-	Disabled bool `json:"disabled,omitempty"`
-}
-
-// DNSChallengeConfig configures the DNS-01 challenge, with the names of the
-// stock acme issuer's challenges.dns. TXT records are added and deleted
-// through a caddy-dns provider module; the zone and the record the provider
-// returned are stored with the challenge, so the record is deleted after a
-// restart or by another instance sharing the storage, and only that record
-// (never another value of the same name). Before the CA is asked to
-// validate, certflow checks that the record is visible: at each of the
-// zone's authoritative nameservers (after following a CNAME on the record
-// name), or at each of the configured resolvers.
-type DNSChallengeConfig struct {
-	// The DNS provider module (dns.providers.*) that manages the TXT
-	// records. Required for DNS-01.
-	ProviderRaw json.RawMessage `json:"provider,omitempty" caddy:"namespace=dns.providers inline_key=name"`
-
-	// The TTL of the TXT records. Default: the provider's.
-	TTL caddy.Duration `json:"ttl,omitempty"`
-
-	// A fixed wait after the record is added, before the first
-	// propagation check (or before the CA is asked to validate, when the
-	// check is off). Default: 0.
-	PropagationDelay caddy.Duration `json:"propagation_delay,omitempty"`
-
-	// How long the propagation check may keep failing before the
-	// challenge fails; -1 skips the check. The check is repeated every
-	// second (or every self_check interval, when that is set).
-	// Default: 2m.
-	PropagationTimeout caddy.Duration `json:"propagation_timeout,omitempty"`
-
-	// DNS resolvers (host or host:port, port 53 by default) the
-	// propagation check asks, each of which must return the value, and
-	// through which the zone is found. Default: the zone's authoritative
-	// nameservers, found through the system's resolvers.
-	Resolvers []string `json:"resolvers,omitempty"`
-
-	// Write the TXT record at this name instead of _acme-challenge.<name>
-	// (the challenge is delegated: _acme-challenge.<name> is a CNAME to
-	// it). Placeholders are expanded when the issuer is provisioned.
-	OverrideDomain string `json:"override_domain,omitempty"`
-
-	// Run challenges that write the same TXT record (a wildcard and its
-	// apex) one at a time in this process, for a provider that replaces a
-	// record's values when it adds one. By default they run at once, each
-	// adding and deleting only its own value, as libdns requires.
-	Serialize bool `json:"serialize,omitempty"`
-}
-
-// SelfCheckConfig configures the self-check that runs before a challenge is
-// accepted. HTTP-01 fetches http://<name>:<port>/.well-known/acme-challenge/<token>
-// and compares the body; TLS-ALPN-01 does a handshake with acme-tls/1 to
-// <name>:<tlsalpn_port> and checks the challenge certificate.
-type SelfCheckConfig struct {
-	// Skip the self-check for HTTP-01 and TLS-ALPN-01.
-	Disabled bool `json:"disabled,omitempty"`
-	// Ask the CA to validate even when every enabled challenge type
-	// failed its self-check (the failures stay recorded on the
-	// challenge): for servers that cannot reach their own public address,
-	// e.g. behind NAT without hairpinning. By default a challenge whose
-	// every type keeps failing its self-check fails (a failure of the
-	// name) without costing a failed validation at the CA.
-	Advisory bool `json:"advisory,omitempty"`
-	// DNS resolvers (host:port) used to resolve the name as the CA would.
-	// Default: the system's resolver.
-	Resolvers []string `json:"resolvers,omitempty"`
-	// The port the HTTP-01 check connects to. Default: 80.
-	HTTPPort int `json:"http_port,omitempty"`
-	// The port the TLS-ALPN-01 check connects to. Default: 443.
-	TLSALPNPort int `json:"tlsalpn_port,omitempty"`
-	// How long to wait between failed checks. Default: 2s (for DNS-01
-	// propagation checks, 1s).
-	Interval caddy.Duration `json:"interval,omitempty"`
-	// How long one check attempt may take, DNS-01 propagation checks
-	// included. Default: 10s.
-	AttemptTimeout caddy.Duration `json:"attempt_timeout,omitempty"`
-	// How long a challenge may keep failing its self-check before it
-	// fails. Default: 2m.
-	Timeout caddy.Duration `json:"timeout,omitempty"`
-}
-
-// OrderRateLimitConfig is a sliding-window limit on new orders.
-type OrderRateLimitConfig struct {
-	// How many new orders per window.
-	Orders int `json:"orders,omitempty"`
-	// The window.
-	Window caddy.Duration `json:"window,omitempty"`
-	// Turn the limit off, including the default.
-	Disabled bool `json:"disabled,omitempty"`
-}
-
-// BackoffConfig is a doubling backoff.
-type BackoffConfig struct {
-	// The first wait. Default: 1m.
-	Initial caddy.Duration `json:"initial,omitempty"`
-	// The longest wait. Default: 6h.
-	Max caddy.Duration `json:"max,omitempty"`
-}
-
-// RetentionConfig bounds the history of finished resources.
-type RetentionConfig struct {
-	// Keep at most this many finished resources of each kind. Default: 1000.
-	MaxCount int `json:"max_count,omitempty"`
-	// Delete finished resources older than this. Default: 168h (7 days).
-	MaxAge caddy.Duration `json:"max_age,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -268,9 +207,12 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 	iss.options = new(atomic.Pointer[issuer.Options])
 
 	repl := caddy.NewReplacer()
-	for _, field := range []*string{&iss.CA, &iss.Email, &iss.AccountKeyFile} {
+	for _, field := range []*string{&iss.CA, &iss.Email, &iss.AccountKeyFile, &iss.AccountKey} {
 		v, err := repl.ReplaceOrErr(*field, true, true)
 		if err != nil {
+			if field == &iss.AccountKey {
+				return fmt.Errorf("expanding placeholders in account_key: %w", err) // never echo a key
+			}
 			return fmt.Errorf("expanding placeholders in %q: %w", *field, err)
 		}
 		*field = v
@@ -293,6 +235,9 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 		return err
 	}
 
+	if err := iss.provisionStockOptions(ctx); err != nil {
+		return err
+	}
 	if err := iss.acquireEngine(); err != nil {
 		return err
 	}
@@ -316,6 +261,9 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration for mistakes Provision does not catch.
 func (iss *Issuer) Validate() error {
+	if err := iss.validateStockOptions(); err != nil {
+		return err
+	}
 	if len(iss.challengeTypes()) == 0 {
 		return errors.New("every challenge type is disabled: enable http-01 or tls-alpn-01, or configure dns-01 with a DNS provider")
 	}
@@ -380,6 +328,7 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 		ChallengeTimeout:  time.Duration(iss.ChallengeTimeout),
 		Logger:            iss.logger,
 	}
+	iss.stockOrderOptions(opts) // profile, lifetime, preferred chains, acme_timeout
 	if b := iss.FailureBackoff; b != nil {
 		opts.BackoffInitial, opts.BackoffMax = time.Duration(b.Initial), time.Duration(b.Max)
 	}
@@ -397,10 +346,6 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 	}
 }
 
-// GetACMEIssuer returns the private shadow issuer through which Caddy's HTTP
-// servers find our HTTP-01 tokens in storage. It is nil before Provision.
-func (iss *Issuer) GetACMEIssuer() *caddytls.ACMEIssuer { return iss.shadow }
-
 // IssuerKey returns the key under which certificates from this issuer are
 // stored: "certflow-" and the stock acme issuer's key for the same CA, so it
 // is stable, the same on every node, and never collides with the stock issuer.
@@ -415,18 +360,20 @@ func (iss *Issuer) IssuerKey() string {
 	return iss.issuerKey
 }
 
-// PreCheck refuses, before any ACME call, names this issuer can never obtain
-// with its enabled challenge types; those refusals are final
-// (certmagic.ErrNoRetry). When a handshake waits (on demand), it also
-// refuses a name certflow holds back now — its failure backoff, a hold on
-// the name, its registered domain or the account longer than the
-// handshake can wait, an open circuit to the CA — so that a policy with
-// several issuers (issuers certflow acme) serves the handshake from the
-// next one at once.
+// PreCheck refuses, before anything touches storage or the CA, names
+// certflow does not accept (issuer.CheckName: a name that is not a valid DNS
+// name or IP address in canonical form, or whose storage key another name
+// has), names no enabled challenge type can validate, and names a
+// well-known public CA never issues (as the stock acme issuer refuses
+// them); those refusals are final (certmagic.ErrNoRetry). When a handshake
+// waits (on demand), it also refuses a name certflow holds back now — its
+// failure backoff, a hold on the name, its registered domain or the
+// account longer than the handshake can wait, an open circuit to the CA —
+// so that a policy with several issuers (issuers certflow acme) serves the
+// handshake from the next one at once.
 func (iss *Issuer) PreCheck(ctx context.Context, names []string, _ bool) error {
-	types := iss.challengeTypes()
 	for _, name := range names {
-		if err := issuer.CanIssue(name, types); err != nil {
+		if err := iss.canIssue(name); err != nil {
 			return certmagic.ErrNoRetry{Err: err}
 		}
 	}
@@ -440,6 +387,19 @@ func (iss *Issuer) PreCheck(ctx context.Context, names []string, _ bool) error {
 		}
 	}
 	return nil
+}
+
+// canIssue reports, without any network call, whether this issuer could
+// ever obtain a certificate for name.
+func (iss *Issuer) canIssue(name string) error {
+	if err := issuer.CanIssue(name, iss.challengeTypes()); err != nil {
+		return err
+	}
+	ca := iss.CA
+	if ca == "" {
+		ca = defaultCA
+	}
+	return issuer.CanIssueFrom(ca, name)
 }
 
 // Issue obtains a certificate for the CSR by running the workflow. When a
@@ -477,144 +437,6 @@ func (iss *Issuer) GetRenewalInfo(ctx context.Context, cert certmagic.Certificat
 		return acme.RenewalInfo{}, errors.New("no engine or no leaf certificate")
 	}
 	return iss.engine.RenewalInfo(ctx, cert.Leaf)
-}
-
-func (iss *Issuer) selfCheck() SelfCheckConfig {
-	if iss.SelfCheck == nil {
-		return SelfCheckConfig{}
-	}
-	return *iss.SelfCheck
-}
-
-// challengeTypes lists the enabled challenge types in preference order.
-func (iss *Issuer) challengeTypes() []string {
-	var types []string
-	c := iss.Challenges
-	if c == nil || c.HTTP == nil || !c.HTTP.Disabled {
-		types = append(types, acme.ChallengeTypeHTTP01)
-	}
-	if c == nil || c.TLSALPN == nil || !c.TLSALPN.Disabled {
-		types = append(types, acme.ChallengeTypeTLSALPN01)
-	}
-	if iss.dnsEnabled() {
-		types = append(types, acme.ChallengeTypeDNS01)
-	}
-	return types
-}
-
-// provisionDNS expands placeholders in the DNS override domain and loads
-// the DNS provider module, as the stock acme issuer does. Caddy's global
-// dns option does not reach a third-party issuer, so the provider must be
-// configured here.
-func (iss *Issuer) provisionDNS(ctx caddy.Context, repl *caddy.Replacer) error {
-	if iss.Challenges == nil || iss.Challenges.DNS == nil {
-		return nil
-	}
-	dnsCfg := iss.Challenges.DNS
-	if dnsCfg.OverrideDomain != "" {
-		v, err := repl.ReplaceOrErr(dnsCfg.OverrideDomain, true, true)
-		if err != nil {
-			return fmt.Errorf("expanding DNS override domain %q: %w", dnsCfg.OverrideDomain, err)
-		}
-		dnsCfg.OverrideDomain = v
-	}
-	if dnsCfg.ProviderRaw == nil {
-		return errors.New("DNS challenge settings are given but no DNS provider: add 'dns <provider>' " +
-			"(Caddy's global dns option does not reach certflow)")
-	}
-	val, err := ctx.LoadModule(dnsCfg, "ProviderRaw")
-	if err != nil {
-		return fmt.Errorf("loading DNS provider module: %w", err)
-	}
-	prov, ok := val.(certmagic.DNSProvider)
-	if !ok {
-		return fmt.Errorf("DNS provider module %T cannot add and delete records "+
-			"(it must be a libdns RecordAppender and RecordDeleter)", val)
-	}
-	iss.dnsProvider = prov
-	return nil
-}
-
-// validateDNS checks the DNS challenge settings.
-func (iss *Issuer) validateDNS() error {
-	if iss.Challenges == nil || iss.Challenges.DNS == nil {
-		return nil
-	}
-	d := iss.Challenges.DNS
-	switch {
-	case d.TTL < 0:
-		return fmt.Errorf("dns ttl must not be negative, got %s", time.Duration(d.TTL))
-	case d.PropagationDelay < 0:
-		return fmt.Errorf("propagation_delay must not be negative, got %s", time.Duration(d.PropagationDelay))
-	case d.PropagationTimeout < 0 && d.PropagationTimeout != -1:
-		return fmt.Errorf("propagation_timeout must be positive, or -1 to skip the propagation check, got %s",
-			time.Duration(d.PropagationTimeout))
-	}
-	for _, r := range d.Resolvers {
-		if err := checkDNSResolver(r); err != nil {
-			return fmt.Errorf("dns resolver %q: %w", r, err)
-		}
-	}
-	if d.OverrideDomain != "" && (strings.ContainsAny(d.OverrideDomain, " */:@") || strings.Trim(d.OverrideDomain, ".") == "") {
-		return fmt.Errorf("dns challenge override domain %q is not a domain name", d.OverrideDomain)
-	}
-	return nil
-}
-
-// checkDNSResolver accepts host or host:port, as the stock acme issuer's
-// resolvers (port 53 when none is given).
-func checkDNSResolver(r string) error {
-	host, port, err := net.SplitHostPort(r)
-	if err != nil {
-		host, port = strings.Trim(r, "[]"), "53"
-	}
-	if host == "" || strings.ContainsAny(host, " /") {
-		return errors.New("not a host or host:port")
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("invalid port %q", port)
-	}
-	return nil
-}
-
-// dnsEnabled reports whether dns-01 is configured: a provider is (or, before
-// Provision, will be) loaded.
-func (iss *Issuer) dnsEnabled() bool {
-	if iss.dnsProvider != nil {
-		return true
-	}
-	return iss.Challenges != nil && iss.Challenges.DNS != nil && iss.Challenges.DNS.ProviderRaw != nil
-}
-
-// dns01Config is the DNS-01 solver's configuration. The self_check
-// interval and attempt timeout, when set, also pace the propagation check.
-func (iss *Issuer) dns01Config() solvers.DNS01Config {
-	d := iss.Challenges.DNS
-	return solvers.DNS01Config{
-		Provider:           iss.dnsProvider,
-		TTL:                time.Duration(d.TTL),
-		PropagationDelay:   time.Duration(d.PropagationDelay),
-		PropagationTimeout: time.Duration(d.PropagationTimeout),
-		Resolvers:          d.Resolvers,
-		OverrideDomain:     d.OverrideDomain,
-		Serialize:          d.Serialize,
-		Interval:           time.Duration(iss.selfCheck().Interval),
-		AttemptTimeout:     time.Duration(iss.selfCheck().AttemptTimeout),
-		Logger:             iss.logger.Named("dns01"),
-	}
-}
-
-func (iss *Issuer) buildSolvers(storage certmagic.Storage) map[string]solvers.Solver {
-	cfg := iss.solverCfg
-	cfg.Storage = storage
-	m := map[string]solvers.Solver{
-		acme.ChallengeTypeHTTP01:    solvers.NewHTTP01(cfg),
-		acme.ChallengeTypeTLSALPN01: solvers.NewTLSALPN01(cfg),
-	}
-	if iss.dnsProvider != nil {
-		m[acme.ChallengeTypeDNS01] = solvers.NewDNS01(iss.dns01Config())
-	}
-	return m
 }
 
 // IssuerKeyForCA derives the issuer key from the CA's directory URL the way

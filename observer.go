@@ -325,24 +325,19 @@ var (
 	_ issuer.StorageObserver = (*observer)(nil)
 )
 
-// instanceObservers holds the observer of each provisioned issuer instance
-// (kept beside the Issuer struct, so module.go only calls the three hooks
-// below).
-var instanceObservers sync.Map // *Issuer → *observer
-
 // startObserving is called at the end of Provision: it creates the
 // instance's observer (events through ctx's events app, metrics in ctx's
 // registry).
 func (iss *Issuer) startObserving(ctx caddy.Context) {
-	instanceObservers.Store(iss, newObserver(ctx, iss.logger))
+	iss.observer = newObserver(ctx, iss.logger)
 }
 
 // observe is called by SetConfig for the options it is about to publish:
 // it sets their Observer and registers the policy's storage and issuer key
 // for the admin API.
 func (iss *Issuer) observe(opts *issuer.Options, storage certmagic.Storage) {
-	if v, ok := instanceObservers.Load(iss); ok {
-		opts.Observer = v.(*observer)
+	if iss.observer != nil {
+		opts.Observer = iss.observer
 	}
 	registerSource(iss, storage, iss.issuerKey)
 }
@@ -352,15 +347,14 @@ func (iss *Issuer) observe(opts *issuer.Options, storage certmagic.Storage) {
 // (workflow, index, maintenance, tokens, admin reads) is counted in
 // certflow_storage_operations_total. certmagic keeps the storage itself.
 func (iss *Issuer) countedStorage(storage certmagic.Storage) certmagic.Storage {
-	var obs issuer.Observer
-	if v, ok := instanceObservers.Load(iss); ok {
-		obs = v.(*observer)
+	if iss.observer == nil {
+		return issuer.CountStorageCalls(storage, nil)
 	}
-	return issuer.CountStorageCalls(storage, obs)
+	return issuer.CountStorageCalls(storage, iss.observer)
 }
 
-// stopObserving is called by Cleanup.
+// stopObserving is called by Cleanup. Work in flight keeps the observer its
+// options carry; its events are dropped once the config is unloaded.
 func (iss *Issuer) stopObserving() {
-	instanceObservers.Delete(iss)
 	unregisterSource(iss)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,7 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
-	"golang.org/x/net/idna"
+
+	"github.com/certflow/certflow/issuer"
 )
 
 func init() {
@@ -356,12 +356,12 @@ func refusalError(name string, r Refusal) error {
 		caddytls.ErrPermissionDenied, name, r.Until.UTC().Format(time.RFC3339), r.Reason)
 }
 
-// normalizeAdmissionName lower-cases name and turns it into A-labels, the
-// form certflow's issuers and the cache key use.
+// normalizeAdmissionName returns the form certflow's issuers and the cache
+// key use (issuer.NormalizeName). A name certflow does not accept is kept
+// as it is: certflow's issuers refuse it (issuer.CheckName) before the ask.
 func normalizeAdmissionName(name string) string {
-	name = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
-	if ascii, err := idna.ToASCII(name); err == nil {
-		return ascii
+	if norm, err := issuer.NormalizeName(name); err == nil {
+		return norm
 	}
 	return name
 }

@@ -42,34 +42,10 @@ func (p *Permission) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		switch opt {
-		case "ask":
-			if p.Ask != "" || p.PermissionRaw != nil {
-				return d.Err("the endpoint is already specified: give one ask or one permission")
-			}
-			if !d.AllArgs(&p.Ask) {
-				return d.ArgErr()
-			}
-
-		case "permission":
-			if p.Ask != "" || p.PermissionRaw != nil {
-				return d.Err("the endpoint is already specified: give one ask or one permission")
-			}
-			if !d.NextArg() {
-				return d.Err("permission needs a module name, e.g. 'permission http <url>'")
-			}
-			name := d.Val()
-			if name == "certflow" {
-				return d.Err("the wrapped permission module cannot be certflow itself")
-			}
-			modID := "tls.permission." + name
-			unm, err := caddyfile.UnmarshalModule(d, modID)
-			if err != nil {
+		case "ask", "permission":
+			if err := p.parseEndpoint(d); err != nil {
 				return err
 			}
-			if _, ok := unm.(caddytls.OnDemandPermission); !ok {
-				return d.Errf("module %s is not an on-demand TLS permission module", modID)
-			}
-			p.PermissionRaw = caddyconfig.JSONModuleObject(unm, "module", name, nil)
 
 		case "cache_allowed":
 			dur, err := durationArg(d, opt)
@@ -131,6 +107,40 @@ func (p *Permission) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if p.AskTimeout > 0 && p.AskQueueTimeout > p.AskTimeout {
 		return d.Errf("ask_queue_timeout %s is longer than ask_timeout %s", time.Duration(p.AskQueueTimeout), time.Duration(p.AskTimeout))
 	}
+	return nil
+}
+
+// parseEndpoint parses the endpoint asked, with the dispenser on ask or
+// permission:
+//
+//	ask <url>
+//	permission <module> [<args...>] [{ <module options> }]
+func (p *Permission) parseEndpoint(d *caddyfile.Dispenser) error {
+	if p.Ask != "" || p.PermissionRaw != nil {
+		return d.Err("the endpoint is already specified: give one ask or one permission")
+	}
+	if d.Val() == "ask" {
+		if !d.AllArgs(&p.Ask) {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	if !d.NextArg() {
+		return d.Err("permission needs a module name, e.g. 'permission http <url>'")
+	}
+	name := d.Val()
+	if name == "certflow" {
+		return d.Err("the wrapped permission module cannot be certflow itself")
+	}
+	modID := "tls.permission." + name
+	unm, err := caddyfile.UnmarshalModule(d, modID)
+	if err != nil {
+		return err
+	}
+	if _, ok := unm.(caddytls.OnDemandPermission); !ok {
+		return d.Errf("module %s is not an on-demand TLS permission module", modID)
+	}
+	p.PermissionRaw = caddyconfig.JSONModuleObject(unm, "module", name, nil)
 	return nil
 }
 

@@ -2,7 +2,6 @@ package certflow
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"sync"
 
@@ -62,20 +61,7 @@ func registeredSources() []source {
 	return dedupeSources(out)
 }
 
-// storageID names a storage value well enough to tell two apart: two
-// values of the same backend pointing at the same place (e.g. file_system
-// storages with the same root) are the same storage, and so are a storage
-// and certflow's counting wrapper of it (the issuers register the wrapper,
-// Caddy's global storage is the bare value).
-func storageID(s certmagic.Storage) string {
-	s = issuer.UnwrapStorage(s)
-	if str, ok := s.(fmt.Stringer); ok {
-		return fmt.Sprintf("%T:%s", s, str.String())
-	}
-	return fmt.Sprintf("%T:%p", s, s)
-}
-
-func (s source) id() string { return storageID(s.storage) + "|" + s.issuerKey }
+func (s source) id() string { return issuer.StorageIdentity(s.storage) + "|" + s.issuerKey }
 
 func (s source) reader() issuer.Reader { return issuer.NewReader(s.storage, s.issuerKey) }
 
@@ -114,7 +100,7 @@ func discoverSources(ctx context.Context, extra ...certmagic.Storage) ([]source,
 		if s == nil {
 			return
 		}
-		if id := storageID(s); storages[id] == nil {
+		if id := issuer.StorageIdentity(s); storages[id] == nil {
 			storages[id] = s
 			order = append(order, id)
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/mholt/acmez/v3/acme"
 
@@ -277,13 +278,20 @@ func TestUnmarshalEveryOption(t *testing.T) {
 	d := caddyfile.NewTestDispenser(`certflow {
 		dir https://ca.example.net/acme/directory
 		email ops@example.com
+		profile shortlived
+		lifetime 90h
+		preferred_chains smallest
 		eab kid-1 bWFjLWtleQ
-		account_key /etc/certflow/account.pem
+		account_key_file /etc/certflow/account.pem
 		trusted_roots a.pem b.pem
 		trusted_roots c.pem
-		timeout 45s
+		timeout 2m
+		request_timeout 45s
 		disable_http_challenge
 		disable_tlsalpn_challenge
+		alt_http_port 8080
+		alt_tlsalpn_port 8443
+		distributed false
 		max_concurrent_challenges 20
 		max_queued_challenges 200
 		challenge_timeout 3m
@@ -302,16 +310,22 @@ func TestUnmarshalEveryOption(t *testing.T) {
 	if err := got.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
+	smallest, distributed := true, false
 	want := certflow.Issuer{
 		CA:                   "https://ca.example.net/acme/directory",
 		Email:                "ops@example.com",
+		Profile:              "shortlived",
+		CertificateLifetime:  caddy.Duration(90 * time.Hour),
+		PreferredChains:      &caddytls.ChainPreference{Smallest: &smallest},
 		AccountKeyFile:       "/etc/certflow/account.pem",
 		ExternalAccount:      &acme.EAB{KeyID: "kid-1", MACKey: "bWFjLWtleQ"},
-		ACMETimeout:          caddy.Duration(45 * time.Second),
+		ACMETimeout:          caddy.Duration(2 * time.Minute),
+		RequestTimeout:       caddy.Duration(45 * time.Second),
 		TrustedRootsPEMFiles: []string{"a.pem", "b.pem", "c.pem"},
 		Challenges: &certflow.ChallengesConfig{
-			HTTP:    &certflow.ChallengeTypeConfig{Disabled: true},
-			TLSALPN: &certflow.ChallengeTypeConfig{Disabled: true},
+			HTTP:        &certflow.ChallengeTypeConfig{Disabled: true, AlternatePort: 8080},
+			TLSALPN:     &certflow.ChallengeTypeConfig{Disabled: true, AlternatePort: 8443},
+			Distributed: &distributed,
 		},
 		SelfCheck: &certflow.SelfCheckConfig{
 			Resolvers:      []string{"1.1.1.1:53", "[2606:4700:4700::1111]:53"},

@@ -211,6 +211,18 @@ func TestAdaptErrors(t *testing.T) {
 			wantLine:  4,
 		},
 		{
+			name:      "self_check advisory takes no argument",
+			caddyfile: siteWith("self_check {", "\tadvisory yes", "}"),
+			wantMsg:   "wrong argument count",
+			wantLine:  5,
+		},
+		{
+			name:      "self_check off and advisory",
+			caddyfile: siteWith("self_check {", "\tadvisory", "}", "self_check off"),
+			wantMsg:   "self_check is off, so the self_check options would be ignored",
+			wantLine:  7,
+		},
+		{
 			name:      "self_check off and self_check options",
 			caddyfile: siteWith("self_check {", "\tport 8080", "}", "self_check off"),
 			wantMsg:   "self_check is off, so the self_check options would be ignored",
@@ -347,6 +359,91 @@ func TestAdaptErrors(t *testing.T) {
 			caddyfile: siteWith("dns_serialize on"),
 			wantMsg:   "wrong argument count",
 			wantLine:  4,
+		},
+		{
+			// before certflow took the stock meaning, account_key named a file
+			name:      "account_key given a file name",
+			caddyfile: siteWith("email ops@example.com", "account_key /etc/certflow/account.pem"),
+			wantMsg:   "to read it from a file, write account_key_file /etc/certflow/account.pem",
+			wantLine:  5,
+		},
+		{
+			name:      "test_dir refused",
+			caddyfile: globalWith("test_dir https://acme-staging-v02.api.letsencrypt.org/directory"),
+			wantMsg:   "test_dir is not supported: certflow does not retry against a test CA",
+			wantLine:  3,
+		},
+		{
+			name:      "profile without name",
+			caddyfile: siteWith("profile"),
+			wantMsg:   "wrong argument count",
+			wantLine:  4,
+		},
+		{
+			name:      "lifetime negative",
+			caddyfile: siteWith("lifetime -1h"),
+			wantMsg:   "invalid lifetime duration '-1h': must not be negative",
+			wantLine:  4,
+		},
+		{
+			name:      "lifetime not a duration",
+			caddyfile: siteWith("lifetime weekly"),
+			wantMsg:   "invalid lifetime duration 'weekly'",
+			wantLine:  4,
+		},
+		{
+			name:      "preferred_chains empty",
+			caddyfile: siteWith("preferred_chains {", "}"),
+			wantMsg:   "No options for preferred_chains received",
+			wantLine:  5,
+		},
+		{
+			name:      "preferred_chains smallest with a block",
+			caddyfile: siteWith("preferred_chains smallest {", "	root_common_name A", "}"),
+			wantMsg:   "No more options are accepted when using the 'smallest' option",
+			wantLine:  5,
+		},
+		{
+			name:      "preferred_chains root and any",
+			caddyfile: siteWith("preferred_chains {", "	root_common_name A", "	any_common_name B", "}"),
+			wantMsg:   "Can't set any_common_name when root_common_name is already set",
+			wantLine:  6,
+		},
+		{
+			name:      "preferred_chains other argument",
+			caddyfile: siteWith("preferred_chains largest"),
+			wantMsg:   "Invalid argument 'largest'",
+			wantLine:  4,
+		},
+		{
+			name:      "distributed true",
+			caddyfile: siteWith("distributed true"),
+			wantMsg:   "distributed takes only 'false'",
+			wantLine:  4,
+		},
+		{
+			name:      "alt_http_port out of range",
+			caddyfile: siteWith("alt_http_port 70000"),
+			wantMsg:   "invalid alt_http_port 70000: must be between 1 and 65535",
+			wantLine:  4,
+		},
+		{
+			name:      "alt_tlsalpn_port not a number",
+			caddyfile: siteWith("alt_tlsalpn_port https"),
+			wantMsg:   "invalid alt_tlsalpn_port 'https': not an integer",
+			wantLine:  4,
+		},
+		{
+			name:      "request_timeout zero",
+			caddyfile: siteWith("request_timeout 0s"),
+			wantMsg:   "invalid request_timeout duration '0s': must be positive",
+			wantLine:  4,
+		},
+		{
+			name:      "enabled and disabled",
+			caddyfile: siteWith("disable_http_challenge", "enable_http_challenge"),
+			wantMsg:   "both disabled and enabled",
+			wantLine:  6,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

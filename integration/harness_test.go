@@ -37,6 +37,9 @@ type envOptions struct {
 	// dnsAddr, when set, is the DNS server Pebble resolves through (e.g.
 	// BIND); otherwise the env starts its own, answering 127.0.0.1.
 	dnsAddr string
+	// tuneCA, when set, adjusts Pebble's options (profiles, roots, chains)
+	// before it starts.
+	tuneCA func(*rig.CAOptions)
 	// caHTTPPort, when set, is the port Pebble's validator connects to for
 	// HTTP-01 instead of Caddy's HTTP port (a closed one: port 80 closed
 	// at a load balancer).
@@ -65,8 +68,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.caHTTPPort != 0 {
 		caHTTPPort = o.caHTTPPort
 	}
-	e.ca = startCA(t, rig.CAOptions{HTTPPort: caHTTPPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse,
-		CertValidity: o.certValidity})
+	caOpts := rig.CAOptions{HTTPPort: caHTTPPort, TLSPort: e.httpsPort, DNSAddr: dnsAddr, AuthzReuse: o.authzReuse,
+		CertValidity: o.certValidity}
+	if o.tuneCA != nil {
+		o.tuneCA(&caOpts)
+	}
+	e.ca = startCA(t, caOpts)
 	e.askURL = startAsk(t, func(name string) bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()

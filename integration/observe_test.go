@@ -90,6 +90,19 @@ func loggedEventsFor(name string) []recordedEvent {
 	return out
 }
 
+// loggedEvents returns the recorded events called name, in order.
+func loggedEvents(name string) []recordedEvent {
+	eventLog.mu.Lock()
+	defer eventLog.mu.Unlock()
+	var out []recordedEvent
+	for _, e := range eventLog.events {
+		if e.Name == name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 func loggedEventNames(evs []recordedEvent) []string {
 	out := make([]string, len(evs))
 	for i, e := range evs {
@@ -108,22 +121,29 @@ type observed struct {
 // an events app subscription of the eventLog to certflow's module.
 func runObserved(t *testing.T, e *env, iss map[string]any) *observed {
 	t.Helper()
+	return runObservedConfig(t, e, e.config(iss))
+}
+
+// runObservedConfig is runObserved with a config of the caller's, and the
+// eventLog also subscribed to the named events of any module (e.g.
+// certmagic's "cert_failed").
+func runObservedConfig(t *testing.T, e *env, cfg rig.CaddyConfig, events ...string) *observed {
+	t.Helper()
 	port, err := rig.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := e.config(iss)
 	cfg.AdminListen = fmt.Sprintf("127.0.0.1:%d", port)
 	m, err := cfg.Build()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m["apps"].(map[string]any)["events"] = map[string]any{
-		"subscriptions": []any{map[string]any{
-			"modules":  []string{"tls.issuance.certflow"},
-			"handlers": []any{map[string]any{"handler": "certflow_test_recorder"}},
-		}},
+	recorder := []any{map[string]any{"handler": "certflow_test_recorder"}}
+	subscriptions := []any{map[string]any{"modules": []string{"tls.issuance.certflow"}, "handlers": recorder}}
+	if len(events) > 0 {
+		subscriptions = append(subscriptions, map[string]any{"events": events, "handlers": recorder})
 	}
+	m["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": subscriptions}
 	b, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)

@@ -5,10 +5,13 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"net/url"
 	"os"
 	"path"
@@ -30,12 +33,21 @@ type AccountConfig struct {
 	Email string
 	// AccountKeyFile holds the PEM private key of an existing account.
 	AccountKeyFile string
+	// AccountKeyPEM is the PEM private key of an existing account itself
+	// (the stock acme issuer's account_key). At most one of the two.
+	AccountKeyPEM string
 	// EAB are external account binding credentials.
 	EAB *acme.EAB
 	// TrustedRootsPEMFiles are extra roots for the CA's TLS certificate.
 	TrustedRootsPEMFiles []string
 	// RequestTimeout bounds each HTTP request to the CA.
 	RequestTimeout time.Duration
+	// Proxy chooses the proxy of each request to the CA (the stock acme
+	// issuer's network_proxy); nil means the environment's
+	// (HTTP_PROXY, HTTPS_PROXY, NO_PROXY). ProxyKey identifies it in the
+	// engine pool (two policies with different proxies get two engines).
+	Proxy    func(*http.Request) (*url.URL, error)
+	ProxyKey string
 }
 
 // OrderRateLimit is a sliding-window limit on new orders.
@@ -77,8 +89,14 @@ func (c AccountConfig) PoolKey() string {
 	if c.EAB != nil {
 		eabID = c.EAB.KeyID
 	}
-	return strings.Join([]string{c.CA, strings.ToLower(c.Email), c.AccountKeyFile, eabID,
-		strings.Join(c.TrustedRootsPEMFiles, ","), c.RequestTimeout.String()}, "|")
+	var keyID string
+	if c.AccountKeyPEM != "" {
+		// a digest: the key itself never leaves the config
+		sum := sha256.Sum256([]byte(c.AccountKeyPEM))
+		keyID = "pem:" + hex.EncodeToString(sum[:8])
+	}
+	return strings.Join([]string{c.CA, strings.ToLower(c.Email), c.AccountKeyFile, keyID, eabID,
+		strings.Join(c.TrustedRootsPEMFiles, ","), c.RequestTimeout.String(), c.ProxyKey}, "|")
 }
 
 // accountUser is the folder name of the account in certmagic's layout: the
@@ -210,8 +228,15 @@ func (e *Engine) accountFailed(ctx context.Context, s store, err error) error {
 func (e *Engine) loadOrRegister(ctx context.Context, s store, mode callMode, verify bool) (acme.Account, error) {
 	cfg := e.cfg
 	storage := s.storage
-	if cfg.AccountKeyFile != "" {
-		return e.accountFromKeyFile(ctx, mode)
+	switch {
+	case cfg.AccountKeyFile != "":
+		pemBytes, err := os.ReadFile(cfg.AccountKeyFile)
+		if err != nil {
+			return acme.Account{}, fmt.Errorf("reading account key file %s: %w", cfg.AccountKeyFile, err)
+		}
+		return e.accountFromKey(ctx, pemBytes, "account key file "+cfg.AccountKeyFile, mode)
+	case cfg.AccountKeyPEM != "":
+		return e.accountFromKey(ctx, []byte(cfg.AccountKeyPEM), "account_key", mode)
 	}
 	regKey, privKey := cfg.accountKeys()
 	if acct, err := loadStoredAccount(ctx, storage, regKey, privKey); err == nil {
@@ -338,14 +363,12 @@ func (e *Engine) register(ctx context.Context, key *ecdsa.PrivateKey, mode callM
 	return out, nil
 }
 
-func (e *Engine) accountFromKeyFile(ctx context.Context, mode callMode) (acme.Account, error) {
-	pemBytes, err := os.ReadFile(e.cfg.AccountKeyFile)
-	if err != nil {
-		return acme.Account{}, fmt.Errorf("reading account key file %s: %w", e.cfg.AccountKeyFile, err)
-	}
+// accountFromKey finds the account of an existing key at the CA, or
+// registers one for it; source names the key in errors (never its bytes).
+func (e *Engine) accountFromKey(ctx context.Context, pemBytes []byte, source string, mode callMode) (acme.Account, error) {
 	key, err := certmagic.PEMDecodePrivateKey(pemBytes)
 	if err != nil {
-		return acme.Account{}, fmt.Errorf("decoding account key file %s: %w", e.cfg.AccountKeyFile, err)
+		return acme.Account{}, fmt.Errorf("decoding %s: not a PEM-encoded private key", source)
 	}
 	acct := acme.Account{PrivateKey: key}
 	err = e.call(ctx, opAccount, "looking up account by key", mode, func(ctx context.Context) error {
@@ -364,7 +387,7 @@ func (e *Engine) accountFromKeyFile(ctx context.Context, mode callMode) (acme.Ac
 	}
 	ecKey, ok := key.(*ecdsa.PrivateKey)
 	if !ok {
-		return acme.Account{}, fmt.Errorf("account key file %s: no account exists for it and only ECDSA keys can register a new one", e.cfg.AccountKeyFile)
+		return acme.Account{}, fmt.Errorf("%s: no account exists for it and only ECDSA keys can register a new one", source)
 	}
 	return e.register(ctx, ecKey, mode)
 }

@@ -73,8 +73,12 @@ func newACMECA(cfg AccountConfig) (*acmeCA, error) {
 	if timeout <= 0 {
 		timeout = DefaultRequestTimeout
 	}
+	proxy := cfg.Proxy
+	if proxy == nil {
+		proxy = http.ProxyFromEnvironment
+	}
 	transport := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
+		Proxy:                 proxy,
 		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:       tlsConfig,
 		TLSHandshakeTimeout:   15 * time.Second,

@@ -17,12 +17,14 @@ import (
 // accepted).
 func (c *challengeRun) await(ctx context.Context) error {
 	w := c.r.w
+	ctx, cancel := w.opts.decisionContext(ctx)
+	defer cancel()
 	accepted := time.Now()
 	w.engine.validation.awaiting.Add(1)
 	defer w.engine.validation.awaiting.Add(-1)
 	step := w.engine.validation.pollStep()
 	if err := sleepCtx(ctx, w.engine.validation.firstPollWait()); err != nil {
-		return c.end(ctx, ChallengeErrored, cutOff(ctx, PartyCA, fmt.Errorf("waiting for the CA to validate: %w", err)))
+		return c.end(ctx, ChallengeErrored, cutOff(ctx, PartyCA, fmt.Errorf("waiting for the CA to validate: %w", decisionError(ctx, err))))
 	}
 	for n := 0; n < maxAuthorizationPolls; n++ {
 		var authz acme.Authorization
@@ -36,7 +38,7 @@ func (c *challengeRun) await(ctx context.Context) error {
 			return err
 		})
 		if err != nil {
-			return c.fail(ctx, err)
+			return c.fail(ctx, decisionError(ctx, err))
 		}
 		switch authz.Status {
 		case acme.StatusValid:
@@ -57,7 +59,7 @@ func (c *challengeRun) await(ctx context.Context) error {
 				fmt.Sprintf("the CA asked to wait %s (Retry-After) before polling the authorization again", retryAfter.Round(time.Second))))
 		}
 		if err := sleepCtx(ctx, pollWaitFrom(step, n, retryAfter)); err != nil {
-			return c.end(ctx, ChallengeErrored, cutOff(ctx, PartyCA, fmt.Errorf("waiting for the CA to validate: %w", err)))
+			return c.end(ctx, ChallengeErrored, cutOff(ctx, PartyCA, fmt.Errorf("waiting for the CA to validate: %w", decisionError(ctx, err))))
 		}
 	}
 	return c.end(ctx, ChallengeErrored, charge(PartyCA, fmt.Errorf("the CA did not decide after %d polls", maxAuthorizationPolls)))

@@ -35,7 +35,10 @@ const (
 	PartyStorage Party = "storage"
 	// PartyProcess: this process's capacity (the scheduler's queue).
 	PartyProcess Party = "process"
-	// PartyNobody: the work was cut off by a shutdown or a reload.
+	// PartyNobody: the work was cut off by a shutdown or a reload; the
+	// policy asks for what the CA does not offer (a profile not in its
+	// directory): the operator fixes the config; or a record a newer
+	// certflow wrote (a rolling upgrade) stands in its way. Nobody waits.
 	PartyNobody Party = "nobody"
 )
 

@@ -81,9 +81,12 @@ func fuzzSeeds() [][]byte {
 
 // FuzzDecodeResource: store.load on arbitrary stored bytes never panics, and
 // either decodes a resource of the current schema version, left in place,
-// that can be saved and loaded again; or returns ErrCorrupt naming the key,
-// having set the bytes aside unchanged under corrupt/ and removed them from
-// their place, so the workflow for the name starts clean.
+// that can be saved and loaded again; or returns ErrNewerSchema naming the
+// key, the bytes left in place untouched (a newer certflow wrote them); or
+// returns ErrCorrupt naming the key, having set the bytes aside unchanged
+// under corrupt/ and removed them from their place, so the workflow for the
+// name starts clean. store.inspect, the reads' load, comes to the same
+// verdict and changes nothing in the storage.
 func FuzzDecodeResource(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
@@ -98,9 +101,17 @@ func FuzzDecodeResource(f *testing.F) {
 			if err := mem.Store(ctx, key, data); err != nil {
 				t.Fatal(err)
 			}
+			before := mem.snapshot()
+			ierr := s.inspect(ctx, target.kind, id, target.new())
+			if !mem.equal(before) {
+				t.Fatalf("%s: inspect changed the storage (%v); input %q", target.kind, ierr, data)
+			}
 			v := target.new()
 			err := s.load(ctx, target.kind, id, v)
 			aside, _ := mem.List(ctx, path.Join(s.prefix(), "corrupt"), false)
+			if verdict(ierr) != verdict(err) {
+				t.Fatalf("%s: inspect says %v, load says %v; input %q", target.kind, ierr, err, data)
+			}
 			switch {
 			case err == nil:
 				if got := versionOf(v); got != SchemaVersion {
@@ -115,6 +126,13 @@ func FuzzDecodeResource(f *testing.F) {
 				}
 				if err := s.load(ctx, target.kind, id, target.new()); err != nil {
 					t.Fatalf("%s: a resource that loaded and was saved again does not load: %v; input %q", target.kind, err, data)
+				}
+			case errors.Is(err, ErrNewerSchema):
+				if !strings.Contains(err.Error(), key) {
+					t.Fatalf("%s: the error does not name the key %s: %v", target.kind, key, err)
+				}
+				if kept, _ := mem.Load(ctx, key); !bytes.Equal(kept, data) || len(aside) != 0 {
+					t.Fatalf("%s: a newer resource was not left in place as it was (aside: %v)", target.kind, aside)
 				}
 			case errors.Is(err, ErrCorrupt):
 				if !strings.Contains(err.Error(), key) {
@@ -138,4 +156,43 @@ func FuzzDecodeResource(f *testing.F) {
 			}
 		}
 	})
+}
+
+// verdict is what a load or inspect made of a stored value.
+func verdict(err error) string {
+	switch {
+	case err == nil:
+		return "decoded"
+	case errors.Is(err, ErrNewerSchema):
+		return "newer"
+	case errors.Is(err, ErrCorrupt):
+		return "corrupt"
+	}
+	return "other: " + err.Error()
+}
+
+// snapshot copies every key and value.
+func (s *memStorage) snapshot() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.m))
+	for k, v := range s.m {
+		out[k] = string(v)
+	}
+	return out
+}
+
+// equal reports whether the storage holds exactly the snapshot.
+func (s *memStorage) equal(snap map[string]string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.m) != len(snap) {
+		return false
+	}
+	for k, v := range s.m {
+		if w, ok := snap[k]; !ok || w != string(v) {
+			return false
+		}
+	}
+	return true
 }

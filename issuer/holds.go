@@ -176,8 +176,8 @@ func (t *holdTable) put(ctx context.Context, s store, h Hold) error {
 
 	if b, err := s.storage.Load(ctx, s.key(kindHolds, key)); err == nil {
 		var stored Hold
-		if json.Unmarshal(b, &stored) == nil && !stored.Until.Before(h.Until) {
-			return nil // another node recorded a later deadline
+		if json.Unmarshal(b, &stored) == nil && (stored.Version > SchemaVersion || !stored.Until.Before(h.Until)) {
+			return nil // another node recorded a later deadline, or a newer certflow owns the record
 		}
 	}
 	return s.save(ctx, kindHolds, key, h)

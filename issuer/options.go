@@ -38,6 +38,20 @@ type Options struct {
 	SelfCheckTimeout time.Duration
 	// ChallengeTimeout bounds a challenge from scheduled to final.
 	ChallengeTimeout time.Duration
+	// PollTimeout bounds how long the CA may take to decide: to validate
+	// an accepted challenge, and to issue a finalized order (the stock
+	// acme issuer's acme_timeout). Zero: no bound of its own.
+	PollTimeout time.Duration
+
+	// Profile is the ACME profile new orders ask for; "" leaves the
+	// choice to the CA. It is checked against the CA's directory when an
+	// order is made.
+	Profile string
+	// CertificateLifetime, when positive, sets the notAfter new orders ask
+	// for, counted from the moment the order is made.
+	CertificateLifetime time.Duration
+	// PreferredChains chooses among the chains the CA offers.
+	PreferredChains ChainPreference
 
 	// OnDemandBudget is how long a request with a handshake waiting may
 	// take; a wait beyond it fails the request at once. Default:

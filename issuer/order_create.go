@@ -12,17 +12,15 @@ import (
 // maxRateLimitedOrderAttempts bounds new-order attempts that meet a 429.
 const maxRateLimitedOrderAttempts = 3
 
-// newOrderRequest is what the new-order request asks the CA for.
-func (w *workflow) newOrderRequest() acme.Order {
-	return acme.Order{Identifiers: w.ids}
-}
-
 // createOrder asks the CA for a new order, once the holds, the account's
 // probing and the order rate limit let it go (waitForOrderSlot), and
 // commits it with the name's pointer to it and the request.
 func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 	var created acme.Order
 	var start time.Time
+	if err := w.checkOrderProfile(ctx); err != nil {
+		return nil, err
+	}
 	for attempt := 1; ; attempt++ {
 		answered, err := w.waitForOrderSlot(ctx)
 		if err != nil {
@@ -58,6 +56,7 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 		Expires:        created.Expires,
 		Created:        now,
 	}
+	recordOrderTerms(o, created)
 	if created.Status == acme.StatusReady {
 		// the CA already holds every authorization as valid: no challenge
 		o.ReusedAuthzs = len(created.Authorizations)

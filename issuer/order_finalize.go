@@ -52,7 +52,7 @@ func (r *orderRun) finalize(ctx context.Context) (*certmagic.IssuedCertificate, 
 	if len(chains) == 0 {
 		return nil, r.fail(ctx, OrderErrored, charge(PartyCA, errors.New("the CA returned no certificate chain")))
 	}
-	chain := chains[0]
+	chain := r.preferredChain(chains)
 	if err := leafMatchesCSR(chain.ChainPEM, w.req.CSR); err != nil {
 		return nil, r.fail(ctx, OrderErrored, charge(PartyCA, err))
 	}
@@ -73,6 +73,8 @@ type answeredKey struct{}
 // Cancelling it then is safe: the finalize request has been answered.
 func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 	w := r.w
+	ctx, cancelDecision := w.opts.decisionContext(ctx)
+	defer cancelDecision()
 	finCtx, cancelFinalize := context.WithCancel(ctx)
 	defer cancelFinalize()
 	// poll only once the finalize request has been answered: polling
@@ -97,10 +99,10 @@ func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 	select {
 	case <-sent.ch:
 	case res := <-finalized:
-		return res.order, res.err
+		return res.order, decisionError(ctx, res.err)
 	case <-ctx.Done():
 		<-finalized
-		return acme.Order{}, cutOff(ctx, PartyCA, fmt.Errorf("finalizing the order: %w", ctx.Err()))
+		return acme.Order{}, cutOff(ctx, PartyCA, fmt.Errorf("finalizing the order: %w", context.Cause(ctx)))
 	}
 	var retryAfter time.Duration
 	for n := 0; ; n++ {
@@ -108,11 +110,11 @@ func (r *orderRun) finalizeAndWait(ctx context.Context) (acme.Order, error) {
 		select {
 		case res := <-finalized:
 			timer.Stop()
-			return res.order, res.err
+			return res.order, decisionError(ctx, res.err)
 		case <-ctx.Done():
 			timer.Stop()
 			<-finalized
-			return acme.Order{}, cutOff(ctx, PartyCA, fmt.Errorf("waiting for the order to be issued: %w", ctx.Err()))
+			return acme.Order{}, cutOff(ctx, PartyCA, fmt.Errorf("waiting for the order to be issued: %w", context.Cause(ctx)))
 		case <-timer.C:
 		}
 		var polled acme.Order

@@ -46,6 +46,10 @@ func (w *workflow) resumeOrder(ctx context.Context, id string) (*orderRun, error
 	o.indexed = indexUnknown
 	switch o.State {
 	case OrderPending, OrderReady:
+		if why := w.orderTermsChanged(&o); why != "" {
+			w.replaceOrder(ctx, &o, why)
+			return nil, nil
+		}
 	case OrderProcessing:
 		// finalized (or being finalized) with the CSR of an earlier
 		// attempt, whose private key is gone: useless to this request

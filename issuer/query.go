@@ -286,31 +286,50 @@ type NameStatus struct {
 	Challenges []Challenge         `json:"challenges,omitempty"`
 	// BackingOff is true while handshakes for the name fail fast.
 	BackingOff bool `json:"backing_off"`
+	// Problems lists the name's stored records that could not be read as
+	// they are: corrupt ones (the next issuance sets them aside and starts
+	// clean) and ones written by a newer certflow (left in place). Reading
+	// the status changes none of them.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // ErrUnknownName means certflow has no record of the name.
 var ErrUnknownName = errors.New("no certflow record for this name")
 
-// Status returns where the name stands.
+// Status returns where the name stands. It only reads: a record it cannot
+// use is reported in Problems and left where it is.
 func (r Reader) Status(ctx context.Context, name string) (NameStatus, error) {
 	st := NameStatus{Name: name}
+	// problem reports whether err is a record that cannot be used, noting it
+	problem := func(err error) bool {
+		if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNewerSchema) {
+			st.Problems = append(st.Problems, err.Error())
+			return true
+		}
+		return false
+	}
 	var rec NameRecord
-	err := r.s.load(ctx, kindNames, name, &rec)
-	if isNotExist(err) {
+	err := r.s.inspect(ctx, kindNames, name, &rec)
+	switch {
+	case isNotExist(err):
+		// a Reader's store never probes: this only reads the sentinel
 		if err := r.s.confirmAbsent(ctx, r.s.key(kindNames, name)); err != nil {
 			return st, err
 		}
 		return st, ErrUnknownName
-	}
-	if err != nil {
+	case problem(err):
+		return st, nil
+	case err != nil:
 		return st, err
 	}
 	st.Record = &rec
 	st.BackingOff = rec.NextAttempt.After(time.Now())
 	if rec.LastRequest != "" {
 		var cr CertificateRequest
-		if err := r.s.load(ctx, KindRequest, rec.LastRequest, &cr); err == nil {
+		if err := r.s.inspect(ctx, KindRequest, rec.LastRequest, &cr); err == nil {
 			st.Request = &cr
+		} else {
+			problem(err)
 		}
 	}
 	orderID := rec.CurrentOrder
@@ -319,36 +338,80 @@ func (r Reader) Status(ctx context.Context, name string) (NameStatus, error) {
 	}
 	if orderID != "" {
 		var o Order
-		if err := r.s.load(ctx, KindOrder, orderID, &o); err == nil {
+		if err := r.s.inspect(ctx, KindOrder, orderID, &o); err == nil {
 			st.Order = &o
 			for _, id := range o.Challenges {
 				var ch Challenge
-				if err := r.s.load(ctx, KindChallenge, id, &ch); err == nil {
+				if err := r.s.inspect(ctx, KindChallenge, id, &ch); err == nil {
 					st.Challenges = append(st.Challenges, ch)
+				} else {
+					problem(err)
 				}
 			}
+		} else {
+			problem(err)
 		}
 	}
 	return st, nil
 }
 
+// ErrInFlight means an issuance of the name holds its lock now.
+var ErrInFlight = errors.New("an issuance of this name is in flight")
+
+// lockProbeWait bounds how long ClearBackoff tries the name's lock before
+// it takes it for held by an issuance in flight.
+const lockProbeWait = 500 * time.Millisecond
+
 // ClearBackoff forgets a name's failures, so the next handshake tries at
 // once. It takes certmagic's issue_cert_<name> lock, which makes it the only
-// writer of the name's record (an issuance in flight finishes first).
+// writer of the name's record, but does not wait for it: while an issuance
+// of the name is in flight it changes nothing and returns ErrInFlight at
+// once (that issuance is the retry; its outcome replaces the backoff). Under
+// the lock it reads the record as the workflow does: a corrupt one is set
+// aside (the name starts clean, which is what was asked), and one written
+// by a newer certflow is left in place and returned as ErrNewerSchema.
 func (r Reader) ClearBackoff(ctx context.Context, name string) error {
 	lock := "issue_cert_" + name
-	if err := r.s.storage.Lock(ctx, lock); err != nil {
+	held, err := tryLock(ctx, r.s.storage, lock)
+	if err != nil {
 		return storageErr("locking", lock, err)
+	}
+	if !held {
+		return fmt.Errorf("%w: %s (its lock %s is held)", ErrInFlight, name, lock)
 	}
 	defer func() { _ = r.s.storage.Unlock(context.WithoutCancel(ctx), lock) }()
 	var rec NameRecord
-	err := r.s.load(ctx, kindNames, name, &rec)
-	if isNotExist(err) {
+	err = r.s.load(ctx, kindNames, name, &rec)
+	switch {
+	case isNotExist(err):
 		return ErrUnknownName
-	}
-	if err != nil {
+	case errors.Is(err, ErrCorrupt):
+		return nil // set aside: the name has no backoff left to clear
+	case err != nil:
 		return err
 	}
 	rec.Failures, rec.NextAttempt, rec.Updated = 0, time.Time{}, time.Now()
 	return r.s.save(ctx, kindNames, name, &rec)
+}
+
+// tryLock takes a storage lock if it is free now, waiting at most
+// lockProbeWait: with the storage's TryLock where it has one, else with a
+// Lock bounded by that wait. It reports whether the lock was taken.
+func tryLock(ctx context.Context, storage certmagic.Storage, lock string) (bool, error) {
+	probe, cancel := context.WithTimeout(ctx, lockProbeWait)
+	defer cancel()
+	var err error
+	if t, ok := storage.(certmagic.TryLocker); ok {
+		var held bool
+		held, err = t.TryLock(probe, lock)
+		if err == nil {
+			return held, nil
+		}
+	} else if err = storage.Lock(probe, lock); err == nil {
+		return true, nil
+	}
+	if ctx.Err() == nil && probe.Err() != nil {
+		return false, nil // still held when the wait ended
+	}
+	return false, err
 }

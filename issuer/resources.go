@@ -61,6 +61,13 @@ type Order struct {
 	Updated        time.Time `json:"updated"`
 	Finalized      time.Time `json:"finalized,omitzero"`
 
+	// Profile is the ACME profile the CA says the order is for, NotAfter
+	// the notAfter it was asked for, Chain the URL of the alternate chain
+	// preferred_chains chose (empty: the CA's default chain).
+	Profile  string     `json:"profile,omitempty"`
+	NotAfter *time.Time `json:"not_after,omitempty"`
+	Chain    string     `json:"chain,omitempty"`
+
 	indexed string // the state the index shows; "" until first saved
 }
 

@@ -31,7 +31,7 @@ type store struct {
 var ErrStorage = errors.New("storage error")
 
 // ErrCorrupt marks a stored resource that cannot be decoded or has an
-// unknown schema version; it is set aside and the workflow starts clean.
+// older schema version; the workflow sets it aside and starts clean.
 var ErrCorrupt = errors.New("corrupt stored resource")
 
 func (s store) prefix() string {
@@ -44,11 +44,13 @@ func (s store) key(kind, id string) string {
 
 func (s store) sentinelKey() string { return path.Join(s.prefix(), "sentinel") }
 
-// load decodes the resource kind/id into v. A missing resource returns an
-// error satisfying errors.Is(err, fs.ErrNotExist); a resource that does not
-// decode, has another schema version or is not the resource of its key, or
-// that the storage cannot return while it answers (corrupt.go), is moved
-// aside and returns ErrCorrupt.
+// load decodes the resource kind/id into v, for the workflow. A missing
+// resource returns an error satisfying errors.Is(err, fs.ErrNotExist); one
+// written by a newer certflow is left in place and returns ErrNewerSchema
+// (readonly.go); a resource that does not decode, has an older schema
+// version or is not the resource of its key, or that the storage cannot
+// return while it answers (corrupt.go), is moved aside and returns
+// ErrCorrupt. Reads that must change nothing use inspect instead.
 func (s store) load(ctx context.Context, kind, id string, v any) error {
 	key := s.key(kind, id)
 	b, err := s.storage.Load(ctx, key)
@@ -58,19 +60,10 @@ func (s store) load(ctx context.Context, kind, id string, v any) error {
 	if err != nil {
 		return s.unreadable(ctx, key, err) // a storage error, or a value it cannot return (corrupt.go)
 	}
-	var head struct {
-		Version int `json:"version"`
-	}
-	if err := json.Unmarshal(b, &head); err != nil {
-		return s.setAside(ctx, key, b, fmt.Errorf("decoding: %w", err))
-	}
-	if head.Version != SchemaVersion {
-		return s.setAside(ctx, key, b, fmt.Errorf("schema version %d, want %d", head.Version, SchemaVersion))
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return s.setAside(ctx, key, b, fmt.Errorf("decoding: %w", err))
-	}
-	if err := belongsAt(kind, id, v); err != nil {
+	if err := decodeResource(kind, id, b, v); err != nil {
+		if errors.Is(err, ErrNewerSchema) {
+			return fmt.Errorf("%s: %w", key, err)
+		}
 		return s.setAside(ctx, key, b, err)
 	}
 	return nil

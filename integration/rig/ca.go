@@ -65,6 +65,20 @@ type CAOptions struct {
 	// CertValidity is the lifetime of issued certificates, rounded down to
 	// whole seconds. Zero means Pebble's default.
 	CertValidity time.Duration
+	// Profiles, when set, replace the single "default" profile: each ACME
+	// profile the directory offers, with the validity of the certificates
+	// it issues (rounded down to whole seconds; zero means Pebble's
+	// default, 90 days). Pebble gives an order that names no profile a
+	// random one of them. CertValidity must then be zero.
+	Profiles map[string]time.Duration
+	// AlternateRoots is how many more roots Pebble makes, each with its own
+	// chain to the same issuing key: the certificate of an order is offered
+	// with one chain per root, the first as the default and the others as
+	// "alternate" links.
+	AlternateRoots int
+	// ChainLength is the number of intermediates in each chain, at least
+	// one (the default).
+	ChainLength int
 	// RetryAfterAuthz and RetryAfterOrder, when non-zero, make Pebble send
 	// a Retry-After header with authorizations whose challenge is being
 	// processed and with processing orders (wfe.New's arguments).
@@ -89,10 +103,10 @@ type CA struct {
 	// chains lead to (the same as IssuerRoots), e.g. for curl --cacert.
 	IssuerRootsFile string
 
-	srv        *httptest.Server
-	store      *db.MemoryStore
-	issuerRoot *x509.Certificate
-	tempDir    string // removed on Close; empty when CAOptions.Dir was set
+	srv         *httptest.Server
+	store       *db.MemoryStore
+	issuerRoots []*x509.Certificate // the default chain's first
+	tempDir     string              // removed on Close; empty when CAOptions.Dir was set
 
 	requests requestLog
 
@@ -105,7 +119,8 @@ type CA struct {
 }
 
 // StartCA starts an in-process Pebble with one ECDSA root, one intermediate
-// and a single "default" profile. Validation runs without Pebble's random
+// and a single "default" profile, unless opts ask for more roots, longer
+// chains or other profiles. Validation runs without Pebble's random
 // sleeps, no good nonce is rejected and authorizations are reused only as
 // opts.AuthzReuse says. Pebble's knobs are process environment variables
 // read while it is constructed: StartCA sets them and restores their previous
@@ -120,6 +135,13 @@ func StartCA(opts CAOptions) (*CA, error) {
 	}
 	if opts.AuthzReuse < 0 || opts.AuthzReuse > 100 {
 		return nil, fmt.Errorf("starting Pebble: AuthzReuse %d is not a percentage", opts.AuthzReuse)
+	}
+	if len(opts.Profiles) > 0 && opts.CertValidity != 0 {
+		return nil, errors.New("starting Pebble: CertValidity and Profiles are exclusive: give each profile its validity")
+	}
+	if opts.AlternateRoots < 0 || opts.ChainLength < 0 {
+		return nil, fmt.Errorf("starting Pebble: AlternateRoots (%d) and ChainLength (%d) must not be negative",
+			opts.AlternateRoots, opts.ChainLength)
 	}
 	logOut := opts.Log
 	if logOut == nil {
@@ -141,11 +163,16 @@ func StartCA(opts CAOptions) (*CA, error) {
 	if err != nil {
 		return nil, errors.Join(err, c.removeTempDir())
 	}
-	root := pebbleCA.GetRootCert(0)
-	if root == nil || root.Cert == nil {
+	for i := range pebbleCA.GetNumberOfRootCerts() {
+		root := pebbleCA.GetRootCert(i)
+		if root == nil || root.Cert == nil {
+			return nil, errors.Join(fmt.Errorf("starting Pebble: it has no root certificate %d", i), c.removeTempDir())
+		}
+		c.issuerRoots = append(c.issuerRoots, root.Cert)
+	}
+	if len(c.issuerRoots) == 0 {
 		return nil, errors.Join(errors.New("starting Pebble: it has no root certificate"), c.removeTempDir())
 	}
-	c.issuerRoot = root.Cert
 
 	// The listener is bound here rather than by httptest, which panics when
 	// it cannot listen.
@@ -174,7 +201,7 @@ func StartCA(opts CAOptions) (*CA, error) {
 	if err := writeCertPEM(c.ServerRootsFile, c.srv.Certificate()); err != nil {
 		return nil, errors.Join(err, c.Close())
 	}
-	if err := writeCertPEM(c.IssuerRootsFile, c.issuerRoot); err != nil {
+	if err := writeCertPEM(c.IssuerRootsFile, c.issuerRoots...); err != nil {
 		return nil, errors.Join(err, c.Close())
 	}
 	return c, nil
@@ -200,15 +227,27 @@ func newPebble(logger *log.Logger, store *db.MemoryStore, opts CAOptions) (http.
 	}
 	defer restore()
 
-	profile := ca.Profile{Description: "default"}
-	if opts.CertValidity > 0 {
-		profile.ValidityPeriod = uint64(opts.CertValidity / time.Second)
+	profiles := map[string]ca.Profile{"default": {Description: "default", ValidityPeriod: validitySeconds(opts.CertValidity)}}
+	if len(opts.Profiles) > 0 {
+		profiles = make(map[string]ca.Profile, len(opts.Profiles))
+		for name, validity := range opts.Profiles {
+			profiles[name] = ca.Profile{Description: name, ValidityPeriod: validitySeconds(validity)}
+		}
 	}
-	pebbleCA := ca.New(logger, store, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": profile})
+	pebbleCA := ca.New(logger, store, "", "ecdsa", opts.AlternateRoots, max(opts.ChainLength, 1), profiles)
 	pebbleVA := va.New(logger, opts.HTTPPort, opts.TLSPort, false, opts.DNSAddr, store)
 	frontEnd := wfe.New(logger, store, pebbleVA, pebbleCA, []string{pebbleCAAIdentity},
 		false, false, opts.RetryAfterAuthz, opts.RetryAfterOrder)
 	return frontEnd.Handler(), pebbleCA, nil
+}
+
+// validitySeconds is a profile's validity as Pebble takes it: whole
+// seconds, zero for its default.
+func validitySeconds(d time.Duration) uint64 {
+	if d <= 0 {
+		return 0
+	}
+	return uint64(d / time.Second)
 }
 
 // setEnv sets the variables in vars and returns a function restoring their
@@ -239,21 +278,48 @@ func setEnv(vars map[string]string) (restore func(), err error) {
 	return restore, nil
 }
 
-// writeCertPEM writes cert as a PEM file at path.
-func writeCertPEM(path string, cert *x509.Certificate) error {
-	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+// writeCertPEM writes certs as a PEM file at path.
+func writeCertPEM(path string, certs ...*x509.Certificate) error {
+	var data []byte
+	for _, cert := range certs {
+		data = append(data, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
+	}
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		return fmt.Errorf("writing certificate %s: %w", path, err)
 	}
 	return nil
 }
 
-// IssuerRoots returns a pool holding Pebble's issuing root, to verify the
-// chains of certificates it issued.
+// IssuerRoots returns a pool holding Pebble's issuing roots (one, unless
+// CAOptions.AlternateRoots asked for more), to verify the chains of
+// certificates it issued.
 func (c *CA) IssuerRoots() *x509.CertPool {
 	pool := x509.NewCertPool()
-	pool.AddCert(c.issuerRoot)
+	for _, root := range c.issuerRoots {
+		pool.AddCert(root)
+	}
 	return pool
+}
+
+// Roots returns Pebble's root certificates: the default chain's first, then
+// one per alternate root.
+func (c *CA) Roots() []*x509.Certificate {
+	return append([]*x509.Certificate(nil), c.issuerRoots...)
+}
+
+// OfferedChains returns the chains (PEM, leaf first, without the root) with
+// which Pebble offers the certificate whose leaf is leaf: the default chain
+// first, then the alternates, in the order of Roots.
+func (c *CA) OfferedChains(leaf *x509.Certificate) ([][]byte, error) {
+	cert := c.store.GetCertificateByDER(leaf.Raw)
+	if cert == nil {
+		return nil, fmt.Errorf("Pebble did not issue the certificate with serial %s", leaf.SerialNumber)
+	}
+	chains := make([][]byte, len(cert.IssuerChains))
+	for i := range chains {
+		chains[i] = cert.Chain(i)
+	}
+	return chains, nil
 }
 
 // ServerRoots returns a pool holding the certificate of the CA's HTTPS

@@ -74,6 +74,11 @@ type CaddyConfig struct {
 	// GracePeriod bounds how long stopping Caddy waits for connections.
 	// Zero means 2s.
 	GracePeriod time.Duration
+	// KeepLocalCAOutOfSystemTrust configures Caddy's local CA (the pki app)
+	// never to install its root into the system's trust store, which
+	// Caddy otherwise does as soon as it manages an internal name such as
+	// an IP address (and which needs root and changes the machine).
+	KeepLocalCAOutOfSystemTrust bool
 }
 
 // JSON returns the config as Caddy JSON, for RunCaddy.
@@ -102,6 +107,15 @@ func (c CaddyConfig) Build() (map[string]any, error) {
 		admin["listen"] = c.AdminListen
 	}
 
+	apps := map[string]any{
+		"http": c.httpApp(),
+		"tls":  c.tlsApp(),
+	}
+	if c.KeepLocalCAOutOfSystemTrust {
+		apps["pki"] = map[string]any{"certificate_authorities": map[string]any{
+			"local": map[string]any{"install_trust": false},
+		}}
+	}
 	storage := "file_system"
 	if c.CountingStorage {
 		storage = "certflow_rig_counting"
@@ -109,10 +123,7 @@ func (c CaddyConfig) Build() (map[string]any, error) {
 	cfg := map[string]any{
 		"admin":   admin,
 		"storage": map[string]any{"module": storage, "root": c.StorageRoot},
-		"apps": map[string]any{
-			"http": c.httpApp(),
-			"tls":  c.tlsApp(),
-		},
+		"apps":    apps,
 	}
 	if logs := c.logging(); logs != nil {
 		cfg["logging"] = logs
