@@ -110,8 +110,8 @@ func TestSwitchIssuersOrdersNothing(t *testing.T) {
 		}
 		return n
 	}
-	// settle lets certmagic's maintenance run after a (re)start; it orders
-	// what it cannot find at once
+	// settle lets certmagic's background jobs run after a (re)start (they
+	// order what they cannot find): the point of the sleep is an absence
 	settle := func(phase string, before int) {
 		t.Helper()
 		time.Sleep(2 * time.Second)
@@ -250,6 +250,8 @@ func TestCertificatesUnderTheOldKeyAreServed(t *testing.T) {
 	if got := e.servedSerials(all); !equalMaps(got, first) {
 		t.Errorf("after the upgrade, served %v, want %v", got, first)
 	}
+	// the point is an absence: certmagic's background jobs have had time to
+	// order what they did not find
 	time.Sleep(2 * time.Second)
 	if got := log.count() - before; got != 0 {
 		t.Errorf("%d new orders after the upgrade, want none", got)

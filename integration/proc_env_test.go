@@ -3,11 +3,9 @@ package integration
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -27,24 +25,6 @@ var (
 	caddyBinPath string
 	caddyBinErr  error
 )
-
-func TestMain(m *testing.M) {
-	// in-process Caddy writes its config and data dirs under XDG_*: keep
-	// them in a directory of this run, removed at the end
-	xdg, err := os.MkdirTemp("", "certflow-integration-xdg-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "creating a directory for Caddy's config and data:", err)
-		os.Exit(1)
-	}
-	_ = os.Setenv("XDG_CONFIG_HOME", filepath.Join(xdg, "config"))
-	_ = os.Setenv("XDG_DATA_HOME", filepath.Join(xdg, "data"))
-	code := m.Run()
-	if caddyBinDir != "" {
-		_ = os.RemoveAll(caddyBinDir)
-	}
-	_ = os.RemoveAll(xdg)
-	os.Exit(code)
-}
 
 // caddyBinary returns the path of the project's Caddy binary, building it
 // on the first call.
@@ -259,45 +239,10 @@ func (pe *procEnv) resources(kind, name string) []resource {
 	return loadResources(pe.t, pe.storage, kind, name)
 }
 
-func loadResources(t *testing.T, storage, kind, name string) []resource {
-	t.Helper()
-	all, err := rig.LoadResources(storage, kind)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []resource
-	for _, r := range all {
-		if name == "" || r["name"] == name {
-			out = append(out, resource(r))
-		}
-	}
-	// IDs sort by creation time
-	sort.Slice(out, func(i, j int) bool { return out[i].str("id") < out[j].str("id") })
-	return out
-}
-
 // tokenFiles lists the challenge token files left in the shared storage.
 func (pe *procEnv) tokenFiles() []string {
 	matches, _ := filepath.Glob(filepath.Join(pe.storage, "acme", "*", "challenge_tokens", "*.json"))
 	return matches
-}
-
-// nameRecord reads certflow's record of name, nil if there is none.
-func nameRecordOf(t *testing.T, storage, name string) map[string]any {
-	t.Helper()
-	matches, _ := filepath.Glob(filepath.Join(storage, "certflow", "*", "names", name+".json"))
-	if len(matches) == 0 {
-		return nil
-	}
-	b, err := os.ReadFile(matches[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec map[string]any
-	if err := json.Unmarshal(b, &rec); err != nil {
-		t.Fatal(err)
-	}
-	return rec
 }
 
 // caSummary renders the CA's request counts by kind, for the test log.
