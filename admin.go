@@ -3,10 +3,8 @@ package certflow
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -18,7 +16,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
-	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 
 	"github.com/certflow/certflow/issuer"
@@ -37,6 +34,7 @@ func init() {
 //	GET  /certflow/challenges            Challenges, newest first
 //	GET  /certflow/status/<name>         where one name stands (see nameStatus)
 //	POST /certflow/retry/<name>          clear the name's failure backoff and its own hold
+//	POST /certflow/renew/<name>          renew the name's certificate now (see admin_renew.go)
 //	GET  /certflow/holds                 holds on names, registered domains and accounts
 //	DELETE /certflow/holds/<key>         clear one hold (see admin_holds.go)
 //
@@ -149,6 +147,11 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.handleRetry(w, r, arg)
+	case hasArg && first == "renew":
+		if err := allowMethod(r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.handleRenew(w, r, arg)
 	}
 	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("resource not found: %s", r.URL.Path)}
 }
@@ -357,6 +360,12 @@ type CertificateInfo struct {
 	ExplanationURL string         `json:"explanation_url,omitempty"`
 	// URL is the certificate's URL at the CA.
 	URL string `json:"url,omitempty"`
+	// IssuerKey is the issuer key it is stored under (shared with the
+	// stock acme issuer for the same CA).
+	IssuerKey string `json:"issuer_key,omitempty"`
+	// Renewal is when certmagic renews it under the policy, and why (the
+	// ARI window's selected time, or the share of its lifetime left).
+	Renewal *issuer.RenewalPlan `json:"renewal,omitempty"`
 }
 
 // RenewalWindow is an ARI suggested renewal window.
@@ -451,27 +460,29 @@ func recordUpdated(st issuer.NameStatus) time.Time {
 }
 
 // loadCertificate reads the name's certificate and metadata that certmagic
-// stored for the source's issuer key; nil when there is none. The private
-// key next to it is never read.
+// stored for the source's issuer key (the CA's key that certflow shares
+// with the stock acme issuer: see certificateKeyOf); nil when there is
+// none. The private key next to it is never read.
 func loadCertificate(ctx context.Context, s source, name string) *CertificateInfo {
-	certPEM, err := s.storage.Load(ctx, certmagic.StorageKeys.SiteCert(s.issuerKey, name))
+	sc, err := issuer.LoadStoredCertificate(ctx, s.storage, certificateKeyOf(s.issuerKey), name)
 	if err != nil {
 		return nil
 	}
-	block, _ := pem.Decode(certPEM)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil
-	}
-	leaf, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil
-	}
+	return certificateInfo(sc, renewalPolicyOf(s))
+}
+
+// certificateInfo describes a stored certificate, and when it is renewed
+// under policy.
+func certificateInfo(sc *issuer.StoredCertificate, policy issuer.RenewalPolicy) *CertificateInfo {
+	leaf := sc.Leaf
 	info := &CertificateInfo{
 		SANs:      leaf.DNSNames,
 		NotBefore: leaf.NotBefore,
 		NotAfter:  leaf.NotAfter,
 		Issuer:    leaf.Issuer.CommonName,
 		Serial:    hex.EncodeToString(leaf.SerialNumber.Bytes()),
+		IssuerKey: sc.IssuerKey,
+		URL:       sc.Meta.URL,
 	}
 	for _, ip := range leaf.IPAddresses {
 		info.SANs = append(info.SANs, ip.String())
@@ -479,20 +490,34 @@ func loadCertificate(ctx context.Context, s source, name string) *CertificateInf
 	if info.Issuer == "" {
 		info.Issuer = leaf.Issuer.String()
 	}
-	if meta, err := s.storage.Load(ctx, certmagic.StorageKeys.SiteMeta(s.issuerKey, name)); err == nil {
-		var res struct {
-			IssuerData json.RawMessage `json:"issuer_data"`
+	if ri := sc.Meta.RenewalInfo; ri != nil && !ri.SuggestedWindow.Start.IsZero() {
+		info.RenewalWindow = &RenewalWindow{Start: ri.SuggestedWindow.Start, End: ri.SuggestedWindow.End}
+		info.ExplanationURL = ri.ExplanationURL
+	}
+	plan := issuer.PlanRenewal(leaf, sc.Meta.RenewalInfo, policy)
+	info.Renewal = &plan
+	return info
+}
+
+// certificateKeyOf is the issuer key certmagic stores certificates under
+// for a certflow resource key ("certflow-<CA key>" → "<CA key>").
+func certificateKeyOf(stateKey string) string {
+	return strings.TrimPrefix(stateKey, "certflow-")
+}
+
+// renewalPolicyOf is the renewal policy of an issuer instance of this
+// process that uses the source, certmagic's defaults when none does.
+func renewalPolicyOf(s source) issuer.RenewalPolicy {
+	for _, inst := range registeredIssuers() {
+		if inst.options == nil {
+			continue
 		}
-		var data acme.Certificate
-		if json.Unmarshal(meta, &res) == nil && len(res.IssuerData) > 0 && json.Unmarshal(res.IssuerData, &data) == nil {
-			info.URL = data.URL
-			if ri := data.RenewalInfo; ri != nil && !ri.SuggestedWindow.Start.IsZero() {
-				info.RenewalWindow = &RenewalWindow{Start: ri.SuggestedWindow.Start, End: ri.SuggestedWindow.End}
-				info.ExplanationURL = ri.ExplanationURL
-			}
+		if opts := inst.options.Load(); opts != nil && certmagic.StorageKeys.Safe(opts.IssuerKey) == s.issuerKey &&
+			issuer.StorageIdentity(opts.Storage) == issuer.StorageIdentity(s.storage) {
+			return opts.RenewalPolicy()
 		}
 	}
-	return info
+	return issuer.RenewalPolicy{}
 }
 
 func (a *adminAPI) handleRetry(w http.ResponseWriter, r *http.Request, rawName string) error {

@@ -33,20 +33,24 @@ const statusListLimit = 20
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "certflow",
-		Usage: "status [<name>] [--address <interface>] [--config <path> [--adapter <name>]]",
-		Short: "Shows where certflow's certificates stand",
+		Usage: "status [<name>] | renew <name> [--address <interface>] [--config <path> [--adapter <name>]]",
+		Short: "Shows where certflow's certificates stand, or renews one now",
 		Long: `
 Inspects the certflow issuer's ACME workflows (CertificateRequest → Order →
 Challenge) through the running Caddy's admin API.
 
   caddy certflow status            recent requests, orders and challenges
-  caddy certflow status <name>     the whole chain for one name
+  caddy certflow status <name>     the whole chain for one name, its
+                                   certificate and when it is renewed
+  caddy certflow renew <name>      renew the name's certificate now
 
 The admin API address is taken from --address, else from the admin settings
 of the --config file (with --adapter), else Caddy's default. With a name, the
 exit status is 2 when the name is failing (its latest request failed, or it
 is backing off), 1 when the admin API cannot be asked or the name is
-unknown, 0 otherwise.
+unknown, 0 otherwise. renew exits 0 when the certificate was renewed, 2
+when the renewal failed or was still running after --wait, 1 when the
+admin API could not be asked or no certflow issuer issues the name.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			status := &cobra.Command{
@@ -72,6 +76,7 @@ unknown, 0 otherwise.
 			status.Flags().StringP("adapter", "a", "", "Name of config adapter to apply (when --config is used)")
 			status.Flags().StringP("address", "", "", "The address to use to reach the admin API endpoint, if not the default")
 			cmd.AddCommand(status)
+			cmd.AddCommand(renewCommand())
 		},
 	})
 }
@@ -177,7 +182,7 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 	}
 	line("", "Name", "%s", st.Name)
 	if st.IssuerKey != "" {
-		line("", "Issuer key", "%s", st.IssuerKey)
+		line("", "Resources", "certflow/%s", st.IssuerKey)
 	}
 	line("", "Status", "%s", summary(st, now))
 	if a := st.Admission; a != nil {
@@ -204,10 +209,16 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 		line("  ", "Issuer", "%s", c.Issuer)
 		line("  ", "Serial", "%s", c.Serial)
 		line("  ", "DNS Names", "%s", strings.Join(c.SANs, ", "))
+		if c.IssuerKey != "" {
+			line("  ", "Issuer Key", "%s", c.IssuerKey)
+		}
 		if w := c.RenewalWindow; w != nil {
 			line("  ", "Renewal Window", "%s – %s (ARI)", stamp(w.Start), stamp(w.End))
 		} else {
 			line("  ", "Renewal Window", "not known (no ARI information stored yet)")
+		}
+		if r := c.Renewal; r != nil {
+			line("  ", "Renewal", "%s (%s), %s", stamp(r.At), relative(r.At, now), renewalReasonText(r.Reason))
 		}
 	} else {
 		fmt.Fprintln(tw, "Certificate:\tnone in storage")
@@ -224,6 +235,11 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 			attempt += " (on demand)"
 		}
 		line("  ", "Attempt", "%s", attempt)
+		if r := cr.Renews; r != nil {
+			line("  ", "Renews", "%s", renewsLine(r))
+		} else if cr.Kind != "" {
+			line("  ", "Kind", "first issuance")
+		}
 		line("  ", "Created", "%s (%s)", stamp(cr.Created), relative(cr.Created, now))
 		if cr.State != issuer.RequestPending {
 			line("  ", "Took", "%s", time.Duration(cr.Took).Round(time.Millisecond))
@@ -248,6 +264,12 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 		if o.URL != "" {
 			line("  ", "URL", "%s", o.URL)
 		}
+		if o.Replaces != "" {
+			line("  ", "Replaces", "%s", o.Replaces)
+		}
+		if o.ReplacesRefused != "" {
+			line("  ", "Replaces refused", "%s (ordered again without)", oneLine(o.ReplacesRefused, 0))
+		}
 		line("  ", "Identifiers", "%s", strings.Join(o.Identifiers, ", "))
 		line("  ", "Authorizations", "%d (%d already valid at the CA: no challenge needed)", len(o.Authorizations), o.ReusedAuthzs)
 		line("  ", "Created", "%s (%s)", stamp(o.Created), relative(o.Created, now))
@@ -256,6 +278,21 @@ func printNameStatus(out io.Writer, st *NameStatus, now time.Time) {
 		}
 	} else if st.Request != nil {
 		fmt.Fprintln(tw, "Order:\tnone")
+	}
+
+	if lr := st.LastRenewal; lr != nil && (st.Request == nil || lr.ID != st.Request.ID) {
+		fmt.Fprintf(tw, "Last renewal %s:\n", lr.ID)
+		line("  ", "State", "%s", lr.State)
+		if lr.Reason != "" {
+			line("  ", "Reason", "%s", oneLine(lr.Reason, 0))
+		}
+		if r := lr.Renews; r != nil {
+			line("  ", "Renews", "%s", renewsLine(r))
+		}
+		line("  ", "Created", "%s (%s)", stamp(lr.Created), relative(lr.Created, now))
+		if o := st.LastRenewalOrder; o != nil {
+			line("  ", "Order", "%s, %s", o.ID, o.State)
+		}
 	}
 
 	if len(st.Challenges) > 0 {
@@ -381,4 +418,31 @@ func chargedLabel(p issuer.Party) string {
 		return "the name"
 	}
 	return string(p)
+}
+
+// renewalReasonText says why a certificate is (or was) renewed.
+func renewalReasonText(reason string) string {
+	switch reason {
+	case issuer.RenewalARIWindow:
+		return "the CA's renewal window (ARI)"
+	case issuer.RenewalLifetime:
+		return "the share of its lifetime left (renewal_window_ratio)"
+	case issuer.RenewalExpired:
+		return "it expired"
+	case issuer.RenewalForced:
+		return "forced"
+	}
+	return reason
+}
+
+// renewsLine describes the certificate a renewal replaces.
+func renewsLine(r *issuer.Renewal) string {
+	s := fmt.Sprintf("serial %s (not after %s), because of %s", r.Serial, stamp(r.NotAfter), renewalReasonText(r.Reason))
+	switch {
+	case r.Replaces:
+		s += "; the order carries replaces " + r.ARIID
+	case r.NoReplaces != "":
+		s += "; no replaces: " + r.NoReplaces
+	}
+	return s
 }

@@ -17,6 +17,11 @@ import (
 // classes).
 //
 //	certflow_certificate_requests_total{outcome}            ready | failed
+//	certflow_first_issuances_total{outcome}                  CertificateRequests for a name without a stored certificate
+//	certflow_renewals_total{outcome,reason}                  CertificateRequests that renew one; reason: ari_window |
+//	                                                         lifetime | expired | forced
+//	certflow_order_replaces_total{result}                    new orders sent with replaces (RFC 9773): accepted |
+//	                                                         refused (made again at once without)
 //	certflow_orders_total{outcome,challenge_type}            valid | invalid | errored;
 //	                                                         http-01 | tls-alpn-01 | dns-01 | none | mixed | unknown
 //	certflow_challenges_total{outcome,challenge_type}        valid | invalid | errored
@@ -45,6 +50,9 @@ var caBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 
 var metrics = struct {
 	requests          *prometheus.CounterVec
+	firstIssuances    *prometheus.CounterVec
+	renewals          *prometheus.CounterVec
+	orderReplaces     *prometheus.CounterVec
 	orders            *prometheus.CounterVec
 	challenges        *prometheus.CounterVec
 	orderCreation     prometheus.Histogram
@@ -69,6 +77,18 @@ func init() {
 		Namespace: metricsNamespace, Name: "certificate_requests_total",
 		Help: "CertificateRequests that finished, by outcome (ready, failed).",
 	}, []string{"outcome"})
+	m.firstIssuances = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace, Name: "first_issuances_total",
+		Help: "CertificateRequests for a name that had no certificate stored, by outcome (ready, failed).",
+	}, []string{"outcome"})
+	m.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace, Name: "renewals_total",
+		Help: "CertificateRequests that renewed a stored certificate, by outcome (ready, failed) and why it was renewed (ari_window, lifetime, expired, forced).",
+	}, []string{"outcome", "reason"})
+	m.orderReplaces = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace, Name: "order_replaces_total",
+		Help: "New orders sent with replaces (RFC 9773), by result: accepted by the CA, or refused and made again at once without.",
+	}, []string{"result"})
 	m.orders = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: metricsNamespace, Name: "orders_total",
 		Help: "ACME orders that reached a final state, by outcome (valid, invalid, errored) and the type of the challenges they needed (none when every authorization was reused).",
@@ -145,7 +165,7 @@ func init() {
 		m.storageCalls = append(m.storageCalls, row)
 	}
 	m.allCollectorsList = []prometheus.Collector{
-		m.requests, m.orders, m.challenges, m.orderCreation, m.presentToValid, m.selfCheckWait,
+		m.requests, m.firstIssuances, m.renewals, m.orderReplaces, m.orders, m.challenges, m.orderCreation, m.presentToValid, m.selfCheckWait,
 		m.finalize, m.issuance, m.backoffs, m.caResponses, m.caRateLimited, m.caDuration,
 		m.schedulerLive, m.schedulerQueued, m.storageOps,
 	}

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -177,7 +178,18 @@ type Issuer struct {
 	scheduler *issuer.Scheduler
 	solverCfg solvers.Config
 	options   *atomic.Pointer[issuer.Options] // the latest SetConfig's; set in Provision
+	// issuerKey names certflow's own resources (certflow/<issuerKey>/…):
+	// "certflow-" and the CA's key, as it always was, so name records,
+	// holds and orders stay where they are. certKey is IssuerKey(): the
+	// CA's key, which the stock acme issuer uses too, so both find the
+	// certificates and challenge answers the other stored (see
+	// migrate.go).
 	issuerKey string
+	certKey   string
+
+	// renewal holds what forcing a renewal and serving its certificate
+	// need: the policy's certmagic config and the TLS app (renew.go).
+	renewal *renewalHooks
 
 	// dnsProvider is the loaded challenges.dns.provider module; nil when
 	// dns-01 is not configured.
@@ -229,7 +241,9 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 	if iss.CA == "" {
 		iss.CA = defaultCA
 	}
-	iss.issuerKey = IssuerKeyForCA(iss.CA)
+	iss.issuerKey, iss.certKey = StateKeyForCA(iss.CA), issuer.CAKey(iss.CA)
+	iss.renewal = newRenewalHooks(ctx)
+	acquireRenewalSync(iss.logger) // serves certificates renewed by other nodes (cachesync.go); released in Cleanup
 
 	if err := iss.provisionDNS(ctx, repl); err != nil {
 		return err
@@ -242,7 +256,7 @@ func (iss *Issuer) Provision(ctx caddy.Context) error {
 		return err
 	}
 	iss.solverCfg = solvers.Config{
-		IssuerKey:      iss.issuerKey,
+		IssuerKey:      iss.certKey, // where certmagic serves answers from: acme/<IssuerKey()>/challenge_tokens
 		Resolvers:      iss.selfCheck().Resolvers,
 		HTTPPort:       iss.selfCheck().HTTPPort,
 		TLSALPNPort:    iss.selfCheck().TLSALPNPort,
@@ -302,6 +316,9 @@ func (iss *Issuer) Validate() error {
 // finishes with the storage and options it started with.
 func (iss *Issuer) Cleanup() error {
 	iss.stopObserving()
+	if iss.renewal != nil {
+		releaseRenewalSync()
+	}
 	// the index markers held back for merging (issuer.indexWriter) are
 	// written now: when Caddy stops, nothing else would
 	issuer.FlushIndex(cleanupFlushTimeout)
@@ -318,6 +335,7 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 	opts := &issuer.Options{
 		Storage:           storage,
 		IssuerKey:         iss.issuerKey,
+		CertificateKeys:   iss.certificateKeys(cfg),
 		ChallengeTypes:    iss.challengeTypes(),
 		Solvers:           iss.buildSolvers(storage),
 		SelfCheckDisabled: iss.selfCheck().Disabled,
@@ -328,7 +346,8 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 		ChallengeTimeout:  time.Duration(iss.ChallengeTimeout),
 		Logger:            iss.logger,
 	}
-	iss.stockOrderOptions(opts) // profile, lifetime, preferred chains, acme_timeout
+	iss.stockOrderOptions(opts)   // profile, lifetime, preferred chains, acme_timeout
+	iss.renewalOptions(opts, cfg) // when certmagic renews (renew.go)
 	if b := iss.FailureBackoff; b != nil {
 		opts.BackoffInitial, opts.BackoffMax = time.Duration(b.Initial), time.Duration(b.Max)
 	}
@@ -340,24 +359,48 @@ func (iss *Issuer) SetConfig(cfg *certmagic.Config) {
 		return // not provisioned: nothing can issue through this instance
 	}
 	iss.observe(opts, storage) // sets opts.Observer; registers the storage for the admin API
+	// certificates stored under the issuer key certflow used before it
+	// shared the stock issuer's are copied once, before certmagic looks
+	// for them (migrate.go)
+	iss.migrateCertificates(cfg.Storage)
+	iss.renewal.magic.Store(cfg)
 	iss.options.Store(opts)
 	if iss.engine != nil {
 		iss.engine.StartMaintenance(opts)
 	}
 }
 
-// IssuerKey returns the key under which certificates from this issuer are
-// stored: "certflow-" and the stock acme issuer's key for the same CA, so it
-// is stable, the same on every node, and never collides with the stock issuer.
+// IssuerKey returns the key under which certmagic stores this issuer's
+// certificates and looks for its challenge answers: the stock acme issuer's
+// key for the same CA (the CA's host and path). The two issuers share it,
+// so switching a policy from one to the other finds every certificate the
+// other stored, and orders nothing; certflow's own resources stay under
+// certflow/certflow-<the same key>/.
 func (iss *Issuer) IssuerKey() string {
-	if iss.issuerKey == "" {
+	if iss.certKey == "" {
 		ca := iss.CA
 		if ca == "" {
 			ca = defaultCA
 		}
-		return IssuerKeyForCA(ca)
+		return issuer.CAKey(ca)
 	}
-	return iss.issuerKey
+	return iss.certKey
+}
+
+// certificateKeys are the issuer keys the policy's certificates are stored
+// under: this issuer's first, then its other issuers' (certmagic loads a
+// name's certificate from any of them).
+func (iss *Issuer) certificateKeys(cfg *certmagic.Config) []string {
+	keys := []string{iss.IssuerKey()}
+	for _, other := range cfg.Issuers {
+		if other == certmagic.Issuer(iss) {
+			continue
+		}
+		if k, ok := issuerKeyOf(other); ok && k != "" && !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // PreCheck refuses, before anything touches storage or the CA, names
@@ -439,10 +482,12 @@ func (iss *Issuer) GetRenewalInfo(ctx context.Context, cert certmagic.Certificat
 	return iss.engine.RenewalInfo(ctx, cert.Leaf)
 }
 
-// IssuerKeyForCA derives the issuer key from the CA's directory URL the way
-// certmagic's ACME issuer does (host, then the path with slashes turned into
-// hyphens), prefixed with "certflow-".
-func IssuerKeyForCA(ca string) string {
+// StateKeyForCA is the key of certflow's own resources for a CA
+// (certflow/<key>/…): "certflow-" and the CA's key (its directory URL's
+// host, then the path with slashes turned into hyphens, as certmagic's ACME
+// issuer derives its issuer key). Until certflow shared the stock issuer's
+// key, its certificates were stored under this key too.
+func StateKeyForCA(ca string) string {
 	return "certflow-" + issuer.CAKey(ca)
 }
 

@@ -70,12 +70,10 @@ func (o *observer) RequestChanged(cr issuer.CertificateRequest) {
 		event = EventRequestCreated
 	case issuer.RequestReady:
 		event = EventRequestReady
-		metrics.requests.WithLabelValues(cr.State).Inc()
-		metrics.issuance.WithLabelValues(cr.State).Observe(time.Duration(cr.Took).Seconds())
+		countRequest(cr)
 	case issuer.RequestFailed:
 		event = EventRequestFailed
-		metrics.requests.WithLabelValues(cr.State).Inc()
-		metrics.issuance.WithLabelValues(cr.State).Observe(time.Duration(cr.Took).Seconds())
+		countRequest(cr)
 	default:
 		return
 	}
@@ -91,6 +89,13 @@ func (o *observer) RequestChanged(cr issuer.CertificateRequest) {
 		if cr.Order != "" {
 			d["order"] = cr.Order
 		}
+		if cr.Kind != "" {
+			d["kind"] = cr.Kind
+		}
+		if r := cr.Renews; r != nil {
+			d["renews"] = r.Serial
+			d["renewal_reason"] = r.Reason
+		}
 		if cr.State != issuer.RequestPending {
 			d["took"] = time.Duration(cr.Took).Seconds()
 		}
@@ -104,6 +109,18 @@ func (o *observer) RequestChanged(cr issuer.CertificateRequest) {
 	})
 }
 
+// countRequest counts a finished CertificateRequest, and as a first
+// issuance or a renewal (by why it renewed).
+func countRequest(cr issuer.CertificateRequest) {
+	metrics.requests.WithLabelValues(cr.State).Inc()
+	metrics.issuance.WithLabelValues(cr.State).Observe(time.Duration(cr.Took).Seconds())
+	if r := cr.Renews; r != nil {
+		metrics.renewals.WithLabelValues(cr.State, r.Reason).Inc()
+	} else {
+		metrics.firstIssuances.WithLabelValues(cr.State).Inc()
+	}
+}
+
 // OrderCreated implements issuer.Observer.
 func (o *observer) OrderCreated(ord issuer.Order, took time.Duration) {
 	if o == nil {
@@ -111,6 +128,12 @@ func (o *observer) OrderCreated(ord issuer.Order, took time.Duration) {
 	}
 	o.orders.note(ord.ID, "")
 	metrics.orderCreation.Observe(took.Seconds())
+	switch {
+	case ord.Replaces != "":
+		metrics.orderReplaces.WithLabelValues("accepted").Inc()
+	case ord.ReplacesRefused != "":
+		metrics.orderReplaces.WithLabelValues("refused").Inc()
+	}
 	if issuer.IsFinal(issuer.KindOrder, ord.State) {
 		metrics.orders.WithLabelValues(ord.State, o.orders.finish(ord)).Inc()
 	}
@@ -149,6 +172,9 @@ func (o *observer) emitOrder(event string, ord issuer.Order, took time.Duration,
 		}
 		if created {
 			d["reused_authorizations"] = ord.ReusedAuthzs
+			if ord.Replaces != "" {
+				d["replaces"] = ord.Replaces
+			}
 		}
 		return d
 	})

@@ -10,17 +10,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/certflow/certflow/cmd/certflow-bench/bench"
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/internal/bench"
 )
 
 // benchCaddyEnv names a prebuilt Caddy binary (from ./cmd/caddy) for
 // TestBenchSmoke to use instead of building one.
 const benchCaddyEnv = "CERTFLOW_BENCH_CADDY"
 
-// TestBenchSmoke runs the benchmark of cmd/certflow-bench briefly, with
-// certflow and with the stock acme issuer, as separate Caddy processes: one
-// name after a warm-up, then 5 names at concurrency 5. It asserts
+// TestBenchSmoke runs the benchmark (internal/bench, which cmd/certflow-bench
+// wraps) briefly, with certflow and with the stock acme issuer, as separate
+// Caddy processes: one name after a warm-up, then 5 names at concurrency 5. It asserts
 // correctness only — every handshake succeeds with a certificate that
 // verifies against Pebble's root, every name was issued by the CA, and the
 // report prints both issuers with their ratios — never timings.

@@ -95,7 +95,8 @@ func testCrashAt(t *testing.T, point string, authzReuse int) {
 	case crashAfterAccepted:
 		// the challenge POST goes through; on the next authorization poll
 		// Pebble's validator is given time to fetch the token from the live
-		// process, then the process dies and the poll gets a 500
+		// process and record its result, then the process dies and the poll
+		// gets a 500
 		var accepted atomic.Bool
 		var servedBefore atomic.Int64
 		pe.ca.SetFault(func(r *http.Request) (int, http.Header, string, bool) {
@@ -111,7 +112,10 @@ func testCrashAt(t *testing.T, point string, authzReuse int) {
 					for int64(countLines(p.Log(), servedKeyAuth)) <= servedBefore.Load() && time.Now().Before(deadline) {
 						time.Sleep(20 * time.Millisecond)
 					}
-					time.Sleep(300 * time.Millisecond) // the validator records its result
+					// and the validator recorded its result
+					for pe.ca.AuthzStatus(rig.AuthzID(r)) == "pending" && time.Now().Before(deadline) {
+						time.Sleep(20 * time.Millisecond)
+					}
 					if killNow() {
 						return fail500()
 					}

@@ -416,8 +416,11 @@ func TestDNS01LaggingResolver(t *testing.T) {
 	if got, err := b.bind.TXT("_acme-challenge.lag"); err != nil || len(got) != 1 || got[0] != presentedValue(t, ch) {
 		t.Errorf("BIND serves %q (%v), want the presented value", got, err)
 	}
-	// a while later: still held, and the CA never asked to validate
-	time.Sleep(500 * time.Millisecond)
+	// three self-checks later: still held, and the CA never asked to validate
+	checked := selfChecks(ch)
+	waitDNS(t, "three more self-checks of the held challenge", 30*time.Second, func() bool {
+		return selfChecks(b.resources("challenges", name)[0]) >= checked+3
+	})
 	ch = b.resources("challenges", name)[0]
 	if ch.str("state") != "presented" || !strings.Contains(ch.str("reason"), lag.addr) {
 		t.Errorf("challenge moved on while the lagging server lacked the record: %s", dump(ch))
@@ -489,7 +492,9 @@ func TestHelperProcessCaddy(t *testing.T) {
 			memo, _ := ch["presented"].(map[string]any)
 			if ch["name"] == job.Name && ch["state"] == "presented" && memo["zone"] != nil {
 				fmt.Printf("CERTFLOW-PRESENTED %s\n", ch["id"])
-				time.Sleep(dnsWaitMax) // until killed
+				// the parent kills this process now: nothing to wait for
+				// but that, bounded
+				time.Sleep(dnsWaitMax)
 				os.Exit(3)
 			}
 		}

@@ -134,7 +134,7 @@ func TestRateLimitHoldsOnlyTheNamesLimited(t *testing.T) {
 	if hold.Scope.Kind != issuer.ScopeNames || hold.Limit != "unrecognised" {
 		t.Errorf("hold: %s", dump(hold))
 	}
-	if !fileExists(filepath.Join(o.storage, "certflow", certmagic.StorageKeys.Safe(o.issuerKey()), "holds", issuer.NameHoldKey(limited)+".json")) {
+	if !fileExists(filepath.Join(o.storage, "certflow", certmagic.StorageKeys.Safe(o.stateKey()), "holds", issuer.NameHoldKey(limited)+".json")) {
 		t.Error("the hold is not stored, so other nodes would not honour it")
 	}
 	st := o.status(limited)

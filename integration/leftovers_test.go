@@ -3,25 +3,14 @@ package integration
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/certmagic"
-	"github.com/miekg/dns"
 
 	"github.com/certflow/certflow/integration/rig"
 )
@@ -41,205 +30,6 @@ const (
 	firstPassWait        = 30 * time.Second
 )
 
-func init() {
-	caddy.RegisterModule(faultyStorage{})
-}
-
-// Faults of faultyStorage.
-const (
-	// faultPlan fails the write of a challenge as presented with its plan,
-	// the write before anything is published.
-	faultPlan = "plan"
-	// faultMemo fails every write of a challenge carrying the record the
-	// DNS provider returned (the write right after Present).
-	faultMemo = "memo"
-	// faultMemoHold prints faultHoldLine and blocks that write instead:
-	// the process is killed there, between Present and the write.
-	faultMemoHold = "memo-hold"
-)
-
-const faultHoldLine = "CERTFLOW-FAULT-HOLD "
-
-// faultyStorage is a caddy.storage module for these tests: the file
-// system storage at Root, whose writes of certflow's challenges fail (or
-// block) as Fault says.
-type faultyStorage struct {
-	Root  string `json:"root"`
-	Fault string `json:"fault"`
-}
-
-func (faultyStorage) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "caddy.storage.certflow_test_faulty", New: func() caddy.Module { return new(faultyStorage) }}
-}
-
-func (f faultyStorage) CertMagicStorage() (certmagic.Storage, error) {
-	return &faultyFS{FileStorage: &certmagic.FileStorage{Path: f.Root}, fault: f.Fault}, nil
-}
-
-type faultyFS struct {
-	*certmagic.FileStorage
-	fault string
-}
-
-// String names the storage for certflow's StorageIdentity: the same root is
-// the same storage across reloads.
-func (f *faultyFS) String() string { return "certflow_test_faulty:" + f.Path }
-
-func (f *faultyFS) Store(ctx context.Context, key string, value []byte) error {
-	if path.Base(path.Dir(key)) == "challenges" {
-		v := string(value)
-		switch {
-		case f.fault == faultPlan && strings.Contains(v, `"state":"presented"`) && strings.Contains(v, `"planned":true`):
-			return errors.New("injected: the plan's write fails")
-		case f.fault == faultMemo && strings.Contains(v, `"zone":`):
-			return errors.New("injected: the memo's write fails")
-		case f.fault == faultMemoHold && strings.Contains(v, `"zone":`):
-			fmt.Printf("%s%s\n", faultHoldLine, key)
-			<-ctx.Done() // killed before
-			return ctx.Err()
-		}
-	}
-	return f.FileStorage.Store(ctx, key, value)
-}
-
-// config returns cfg as Caddy JSON with the faulty storage (at cfg's root).
-func faultyConfig(t *testing.T, cfg rig.CaddyConfig, fault string) []byte {
-	t.Helper()
-	m, err := cfg.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m["storage"] = map[string]any{"module": "certflow_test_faulty", "root": cfg.StorageRoot, "fault": fault}
-	b, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// runJSON runs Caddy in this process with a config built by hand.
-func (e *env) runJSON(cfg []byte) {
-	e.t.Helper()
-	if err := rig.RunCaddy(cfg); err != nil {
-		e.t.Fatalf("starting Caddy: %v", err)
-	}
-	if !e.running {
-		e.running = true
-		e.t.Cleanup(func() { _ = rig.StopCaddy() })
-	}
-}
-
-// updateProxy is a DNS server in front of BIND for the rfc2136 provider's
-// dynamic updates (DNS over TCP, signed with TSIG, forwarded unchanged): it
-// counts the updates that add and delete records, and while refuseDeletes
-// is set it drops those that delete (the provider sees an error).
-type updateProxy struct {
-	addr          string
-	upstream      string
-	refuseDeletes atomic.Bool
-	adds, deletes atomic.Int64
-	refused       atomic.Int64
-	ln            net.Listener
-	wg            sync.WaitGroup
-}
-
-func startUpdateProxy(t *testing.T, upstream string) *updateProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &updateProxy{addr: ln.Addr().String(), upstream: upstream, ln: ln}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				p.serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.wg.Wait()
-	})
-	return p
-}
-
-// serve relays the DNS messages of one TCP connection, one at a time.
-func (p *updateProxy) serve(c net.Conn) {
-	defer c.Close()
-	for range 100 {
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		req, err := readTCPMsg(c)
-		if err != nil {
-			return
-		}
-		var m dns.Msg
-		if m.Unpack(req) == nil && m.Opcode == dns.OpcodeUpdate {
-			deletes := false
-			for _, rr := range m.Ns {
-				if cl := rr.Header().Class; cl == dns.ClassNONE || cl == dns.ClassANY {
-					deletes = true
-				}
-			}
-			if deletes {
-				if p.refuseDeletes.Load() {
-					p.refused.Add(1)
-					return // the provider gets no answer
-				}
-				p.deletes.Add(1)
-			} else {
-				p.adds.Add(1)
-			}
-		}
-		resp, err := p.forward(req)
-		if err != nil {
-			return
-		}
-		if err := writeTCPMsg(c, resp); err != nil {
-			return
-		}
-	}
-}
-
-func (p *updateProxy) forward(req []byte) ([]byte, error) {
-	u, err := net.DialTimeout("tcp", p.upstream, 5*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	defer u.Close()
-	_ = u.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := writeTCPMsg(u, req); err != nil {
-		return nil, err
-	}
-	return readTCPMsg(u)
-}
-
-func readTCPMsg(r io.Reader) ([]byte, error) {
-	var n uint16
-	if err := binary.Read(r, binary.BigEndian, &n); err != nil {
-		return nil, err
-	}
-	b := make([]byte, n)
-	_, err := io.ReadFull(r, b)
-	return b, err
-}
-
-func writeTCPMsg(w io.Writer, b []byte) error {
-	out := make([]byte, 2+len(b))
-	binary.BigEndian.PutUint16(out, uint16(len(b)))
-	copy(out[2:], b)
-	_, err := w.Write(out)
-	return err
-}
-
 // leftoverIssuer is the DNS-01 issuer of the leftover tests: updates
 // through proxy (nil: to BIND directly), a short challenge_timeout so a
 // dead process's challenge passes its deadline soon.
@@ -252,37 +42,6 @@ func (b *bindEnv) leftoverIssuer(proxy *updateProxy) map[string]any {
 	}
 	iss["challenge_timeout"] = "10s"
 	return iss
-}
-
-// noChallengeTXT fails the test if BIND serves any _acme-challenge TXT
-// record, read by a zone transfer.
-func noChallengeTXT(t *testing.T, b *rig.BIND) {
-	t.Helper()
-	left, err := b.ZoneTXT()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, values := range left {
-		if strings.HasPrefix(name, "_acme-challenge") {
-			t.Fatalf("TXT record left in BIND: %s %q", name, values)
-		}
-	}
-}
-
-// challengeTXT reports whether BIND serves an _acme-challenge TXT record,
-// by a zone transfer.
-func challengeTXT(t *testing.T, b *rig.BIND) bool {
-	t.Helper()
-	left, err := b.ZoneTXT()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name := range left {
-		if strings.HasPrefix(name, "_acme-challenge") {
-			return true
-		}
-	}
-	return false
 }
 
 // TestDNS01LeftoverAfterFailedWrite: the storage fails a write around
@@ -506,7 +265,7 @@ func (b *bindEnv) plantLeftover(t *testing.T, label, policy string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(b.storage, "certflow", certmagic.StorageKeys.Safe(b.issuerKey()), "challenges")
+	dir := filepath.Join(b.storage, "certflow", b.stateKeySafe(), "challenges")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -616,7 +375,7 @@ func TestLeftoverLongQueuedSurvives(t *testing.T) {
 		return false
 	})
 	// it has waited for two hours, as far as its record tells
-	key := filepath.Join(e.storage, "certflow", certmagic.StorageKeys.Safe(e.issuerKey()), "challenges", ch.str("id")+".json")
+	key := filepath.Join(e.storage, "certflow", e.stateKeySafe(), "challenges", ch.str("id")+".json")
 	long := time.Now().Add(-2 * time.Hour).UTC().Format(time.RFC3339Nano)
 	ch["created"], ch["updated"] = long, long
 	raw, _ := json.Marshal(ch)
@@ -656,41 +415,3 @@ func TestLeftoverLongQueuedSurvives(t *testing.T) {
 
 // leftoverQueueSettings: one challenge at a time, each allowed a minute.
 var leftoverQueueSettings = map[string]any{"max_concurrent_challenges": 1, "challenge_timeout": "60s"}
-
-// startOtherCaddy runs the project's Caddy binary as a second process on
-// e's storage and CA (its own ports), stopped at the end of the test.
-func startOtherCaddy(t *testing.T, e *env, binary string) *rig.Process {
-	t.Helper()
-	dir := t.TempDir()
-	httpPort, err := rig.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpsPort, err := rig.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := rig.CaddyConfig{HTTPPort: httpPort, HTTPSPort: httpsPort, StorageRoot: e.storage, AskURL: e.askURL,
-		Issuer: e.issuer(leftoverQueueSettings), LogLevel: "DEBUG"}
-	b, err := cfg.JSON()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgPath := filepath.Join(dir, "caddy.json")
-	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p, err := rig.StartProcess(binary, cfgPath, dir, filepath.Join(dir, "caddy.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Stop(5 * time.Second); err != nil {
-			t.Logf("stopping the other Caddy: %v", err)
-		}
-	})
-	if err := p.WaitReady(fmt.Sprintf("127.0.0.1:%d", httpsPort), 30*time.Second); err != nil {
-		t.Fatalf("the other Caddy: %v\n%s", err, tail(p.Log(), 40))
-	}
-	return p
-}

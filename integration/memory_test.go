@@ -6,10 +6,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,8 +22,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/certflow/certflow/cmd/certflow-bench/bench"
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/internal/bench"
+	"github.com/certflow/certflow/internal/memtest"
 	"github.com/certflow/certflow/issuer"
 	"github.com/certflow/certflow/solvers"
 )
@@ -169,19 +172,12 @@ func newCSR(tb testing.TB, name string) *x509.CertificateRequest {
 	return csr
 }
 
-// memSnapshot is the live heap, stack and goroutines after a collection.
-type memSnapshot struct {
-	heap, stack uint64
-	goroutines  int
-}
+// memSnapshot is the live heap and stack after a collection.
+type memSnapshot struct{ heap, stack uint64 }
 
 func snapshot() memSnapshot {
-	// twice: what the first collection's finalizers freed goes too
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return memSnapshot{heap: ms.HeapAlloc, stack: ms.StackInuse, goroutines: runtime.NumGoroutine()}
+	heap, stack := memtest.Live()
+	return memSnapshot{heap: heap, stack: stack}
 }
 
 // perOrder is what one in-flight order costs while it waits.
@@ -195,17 +191,19 @@ type perOrder struct {
 	// stack, grown by the workflow running on it.
 	stack float64
 	// goroutines per order, the caller's (the waiting handshake's)
-	// included: 1 when the engine starts none of its own.
+	// included: 1 when the engine starts none of its own. Only the
+	// callers and the goroutines started from them are counted
+	// (memtest.Label), whatever else runs in the process.
 	goroutines float64
-	// settled is how long the goroutines took to return to the baseline
-	// once the orders ended.
+	// settled is how long those goroutines took to end once the orders
+	// ended.
 	settled time.Duration
 }
 
 func (p perOrder) certflowHeap() float64 { return p.heap - p.ca }
 
 func (p perOrder) String() string {
-	return fmt.Sprintf("%d orders (%d live, %d queued): %.0f heap bytes/order held by certflow (%.0f with the in-process CA's %.0f), %.0f stack bytes/order, %.2f goroutines/order (the caller's included); goroutines back to the baseline %s after the orders ended",
+	return fmt.Sprintf("%d orders (%d live, %d queued): %.0f heap bytes/order held by certflow (%.0f with the in-process CA's %.0f), %.0f stack bytes/order, %.2f goroutines/order (the caller's included); those goroutines ended %s after the orders",
 		p.orders, p.live, p.queued, p.certflowHeap(), p.heap, p.ca, p.stack, p.goroutines, p.settled.Round(time.Millisecond))
 }
 
@@ -214,8 +212,10 @@ func (p perOrder) String() string {
 // authorization, challenges): n orders made by a bare ACME client of its
 // own, each with its authorization read, as the workflow does before its
 // challenge waits. Subtracted from the process's heap per order, it leaves
-// certflow's share.
-func caHeapPerOrder(tb testing.TB, ca *rig.CA, n int) float64 {
+// certflow's share. It also returns one of those orders and its
+// authorization, as acmez decoded them: what certflow holds of the CA's
+// objects for an order.
+func caHeapPerOrder(tb testing.TB, ca *rig.CA, n int) (float64, caObjects) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -235,13 +235,18 @@ func caHeapPerOrder(tb testing.TB, ca *rig.CA, n int) float64 {
 	before := snapshot()
 	const workers = 20
 	errs := make(chan error, workers)
+	var sample caObjects
 	for k := range workers {
 		go func() {
 			var err error
 			for i := k; i < n && err == nil; i += workers {
 				var o acme.Order
+				var authz acme.Authorization
 				if o, err = client.NewOrder(ctx, acct, acme.Order{Identifiers: ids[i]}); err == nil {
-					_, err = client.GetAuthorization(ctx, acct, o.Authorizations[0])
+					authz, err = client.GetAuthorization(ctx, acct, o.Authorizations[0])
+				}
+				if err == nil && i == 0 {
+					sample = caObjects{order: o, authz: authz}
 				}
 			}
 			errs <- err
@@ -253,7 +258,13 @@ func caHeapPerOrder(tb testing.TB, ca *rig.CA, n int) float64 {
 		}
 	}
 	after := snapshot()
-	return (float64(after.heap) - float64(before.heap)) / float64(n)
+	return (float64(after.heap) - float64(before.heap)) / float64(n), sample
+}
+
+// caObjects is an order and its authorization as the CA serves them.
+type caObjects struct {
+	order acme.Order
+	authz acme.Authorization
 }
 
 // holdOrders runs n on-demand issuances at once with the scheduler's
@@ -299,15 +310,30 @@ func (r *orderMemRig) holdOrders(tb testing.TB, n, maxLive int, finish bool) per
 	defer cancel()
 	gate := make(chan struct{})
 	results := make(chan error, n)
-	g0 := runtime.NumGoroutine()
 	// The callers stand for the handshakes waiting for their names: they
-	// exist before the baseline, so what is measured is the engine's.
-	for i := range n {
-		go func() {
-			<-gate
-			_, err := r.eng.Issue(ctx, issuer.Request{CSR: csrs[i], OnDemand: true, Options: r.opts})
-			results <- err
-		}()
+	// exist before the baseline, so what is measured is the engine's. They
+	// carry a label of their own, and so does every goroutine the engine
+	// starts from them.
+	label := memtest.NewLabel()
+	label.Do(func() {
+		for i := range n {
+			go func() {
+				<-gate
+				_, err := r.eng.Issue(ctx, issuer.Request{CSR: csrs[i], OnDemand: true, Options: r.opts})
+				results <- err
+			}()
+		}
+	})
+	goroutines := func() int {
+		tb.Helper()
+		g, err := label.Goroutines()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return g
+	}
+	if g := goroutines(); g != n {
+		tb.Fatalf("%d goroutines carry the callers' label, want the %d callers", g, n)
 	}
 	openGate := sync.OnceFunc(func() { close(gate) })
 	defer openGate()
@@ -362,7 +388,7 @@ func (r *orderMemRig) holdOrders(tb testing.TB, n, maxLive int, finish bool) per
 		queued:     queued,
 		heap:       (float64(held.heap) - float64(base.heap)) / float64(n),
 		stack:      (float64(held.stack) - float64(base.stack)) / float64(n),
-		goroutines: float64(held.goroutines-g0) / float64(n),
+		goroutines: float64(goroutines()) / float64(n),
 	}
 
 	ended := time.Now()
@@ -391,8 +417,8 @@ func (r *orderMemRig) holdOrders(tb testing.TB, n, maxLive int, finish bool) per
 	if failed > 0 {
 		tb.Fatalf("%d of %d issuances ended wrongly", failed, n)
 	}
-	if left := waitGoroutinesAtMost(g0, 10*time.Second); left > g0 {
-		tb.Fatalf("goroutines did not return to the baseline within 10s: %d, want at most %d", left, g0)
+	if left, err := label.WaitGoroutines(0, 10*time.Second); err != nil || left != 0 {
+		tb.Fatalf("%d of the callers' goroutines (and the ones started from them) left 10s after the orders ended (%v), want 0", left, err)
 	}
 	p.settled = time.Since(ended)
 	if l, q := sched.Stats(); l != 0 || q != 0 {
@@ -408,40 +434,135 @@ func canceled(err error) bool {
 	return err != nil && (errors.Is(err, context.Canceled) || strings.Contains(err.Error(), context.Canceled.Error()))
 }
 
-// waitGoroutinesAtMost waits (bounded) until there are at most want
-// goroutines, and returns the last count.
-func waitGoroutinesAtMost(want int, timeout time.Duration) int {
-	deadline := time.Now().Add(timeout)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= want || time.Now().After(deadline) {
-			return n
-		}
-		time.Sleep(pollEvery)
-	}
+// orderParts is what an order in flight is made of, each part measured as
+// allocated (memtest.HeapPer) from what the test has at hand: the resources
+// the warm-up issuance stored, an order and authorization of the CA's, the
+// issuer's logger and the runtime's objects a wait needs.
+type orderParts struct {
+	// resources are an order's CertificateRequest, Order, Challenge and
+	// name record, decoded from the warm-up's stored JSON into certflow's
+	// types (finished, so with every field filled).
+	resources float64
+	// ca is the CA's order and authorization (with its challenges) as
+	// acmez decodes them.
+	ca float64
+	// loggers are the name's logger and the challenge's, which adds the
+	// order, the challenge and its type.
+	loggers float64
+	// live is what a live challenge waits with: its deadline and its
+	// self-check attempt's (contexts with their timers), the self-check's
+	// interval timer, and its granted scheduler ticket with its channel.
+	live float64
+	// queued is what a queued challenge waits with: its scheduler ticket
+	// with its channel, and the two sudogs of its caller parked in
+	// Acquire's select.
+	queued float64
 }
 
-// Bounds per in-flight order, about 3–3.5× the highest of a dozen runs
-// with 200 orders (Go 1.26, linux/amd64, 2 cores), so an unbounded buffer,
-// a goroutine or a deep stack per order fails, not the noise:
-//
-//	                      heap held by certflow  stack      goroutines
-//	all live               9.4–12.2 KB           18–33 KB   1.00
-//	10 live, 190 queued    5.7–6.6 KB            12–21 KB   0.98–1.00
-//	with -race             about the same        28–37 KB
-//
-// The in-process Pebble's own record of each order, 3.8–4.3 KB, is
-// measured apart and not bounded. The goroutine is the caller's own: the
-// engine starts none for a single-name order, live or queued. A leak shows
-// as goroutines not returning to the baseline.
-const (
-	maxHeapPerLiveOrder   = 36 << 10
-	maxHeapPerQueuedOrder = 22 << 10
-	maxGoroutinesPerOrder = 1.5
-)
+// bookkeeping is the allowance for what the workflow keeps around its parts
+// and is not sized apart (the runs' own structs, IDs, the reason and error
+// of the self-check attempt in progress): as much again as the parts, no
+// more.
+const bookkeeping = 2
 
-// maxStackPerOrder bounds the stack per order; race instrumentation makes
-// stacks larger.
+// bound is the most heap certflow may hold per order whose challenge is
+// live (live) or queued.
+func (p orderParts) bound(live bool) float64 {
+	return bookkeeping * (p.resources + p.ca + p.loggers + p.wait(live))
+}
+
+func (p orderParts) wait(live bool) float64 {
+	if live {
+		return p.live
+	}
+	return p.queued
+}
+
+func (p orderParts) describe(live bool) string {
+	return fmt.Sprintf("%.0f = %d × (resources %.0f + CA objects %.0f + loggers %.0f + waiting %.0f)",
+		p.bound(live), bookkeeping, p.resources, p.ca, p.loggers, p.wait(live))
+}
+
+// measureOrderParts sizes the parts of an order in flight.
+func measureOrderParts(tb testing.TB, r *orderMemRig, ca caObjects) orderParts {
+	tb.Helper()
+	const n = 1000
+	var p orderParts
+	// the warm-up's resources, each decoded n times
+	for kind, decoded := range map[string]func() any{
+		"requests":   func() any { return new(issuer.CertificateRequest) },
+		"orders":     func() any { return new(issuer.Order) },
+		"challenges": func() any { return new(issuer.Challenge) },
+		"names":      func() any { return new(issuer.NameRecord) },
+	} {
+		files, _ := filepath.Glob(filepath.Join(r.w.storage, "certflow", "*", kind, "*.json"))
+		if len(files) != 1 {
+			tb.Fatalf("want the warm-up's one stored %s resource, found %v", kind, files)
+		}
+		raw, err := os.ReadFile(files[0])
+		if err != nil {
+			tb.Fatal(err)
+		}
+		p.resources += memtest.HeapPer(n, func(int) any {
+			v := decoded()
+			if err := json.Unmarshal(raw, v); err != nil {
+				tb.Fatalf("decoding %s: %v", files[0], err)
+			}
+			return v
+		})
+	}
+	for _, c := range []struct {
+		served  any
+		decoded func() any
+	}{
+		{ca.order, func() any { return new(acme.Order) }},
+		{ca.authz, func() any { return new(acme.Authorization) }},
+	} {
+		raw, err := json.Marshal(c.served)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		p.ca += memtest.HeapPer(n, func(int) any {
+			v := c.decoded()
+			if err := json.Unmarshal(raw, v); err != nil {
+				tb.Fatal(err)
+			}
+			return v
+		})
+	}
+	const id = "20260101-000000.000000000-0000"
+	p.loggers = memtest.HeapPer(n, func(i int) any {
+		name := r.opts.Logger.With(zap.String("name", fmt.Sprintf("r0-%d.mem.test", i)))
+		challenge := name.With(zap.String("order", id), zap.String("challenge", id+"-0"), zap.String("type", acme.ChallengeTypeTLSALPN01))
+		return [2]*zap.Logger{name, challenge}
+	})
+	ticket := func() any {
+		return &struct {
+			issuer.Ticket
+			seq     uint64
+			ready   chan struct{}
+			granted bool
+		}{ready: make(chan struct{})}
+	}
+	var cancels []context.CancelFunc
+	p.live = memtest.HeapPer(n, func(int) any {
+		deadline, cancel := context.WithTimeout(context.Background(), time.Hour)
+		attempt, cancelAttempt := context.WithTimeout(deadline, time.Hour)
+		cancels = append(cancels, cancel, cancelAttempt)
+		return []any{deadline, attempt, time.NewTimer(time.Hour), ticket()}
+	})
+	for _, cancel := range cancels {
+		cancel()
+	}
+	p.queued = memtest.HeapPer(n, func(int) any { return ticket() }) +
+		2*memtest.HeapPer(n, func(int) any { return new(memtest.Sudog) })
+	return p
+}
+
+// maxStackPerOrder bounds the stack per order, about 3–3.5× the highest of
+// a dozen runs (18–33 KB, 28–37 KB with -race): no goroutine's stack size
+// can be read to derive it from. What it guards against is a deep stack
+// per order; a goroutine per order fails the exact goroutine count.
 func maxStackPerOrder() float64 {
 	if bench.RaceEnabled {
 		return 128 << 10
@@ -449,16 +570,21 @@ func maxStackPerOrder() float64 {
 	return 112 << 10
 }
 
-func checkPerOrder(tb testing.TB, what string, p perOrder, maxHeap float64) {
+// checkPerOrder fails tb if the orders in flight hold more heap than what
+// they are made of allows (live and queued ones each by their own parts), a
+// deep stack, or any goroutine beyond their callers'.
+func checkPerOrder(tb testing.TB, what string, p perOrder, parts orderParts) {
 	tb.Helper()
-	if h := p.certflowHeap(); h > maxHeap {
-		tb.Errorf("%s: certflow holds %.0f heap bytes per order, bound %.0f", what, h, maxHeap)
+	bound := (float64(p.live)*parts.bound(true) + float64(p.queued)*parts.bound(false)) / float64(p.orders)
+	if h := p.certflowHeap(); h > bound {
+		tb.Errorf("%s: certflow holds %.0f heap bytes per order, bound %.0f for %d live and %d queued (live: %s; queued: %s)",
+			what, h, bound, p.live, p.queued, parts.describe(true), parts.describe(false))
 	}
 	if p.stack > maxStackPerOrder() {
 		tb.Errorf("%s: %.0f stack bytes per order, bound %.0f", what, p.stack, maxStackPerOrder())
 	}
-	if p.goroutines > maxGoroutinesPerOrder {
-		tb.Errorf("%s: %.2f goroutines per order (the caller's included), bound %.1f", what, p.goroutines, maxGoroutinesPerOrder)
+	if p.goroutines != 1 {
+		tb.Errorf("%s: %.2f goroutines per order (the caller's included), want 1: the engine starts none for a single-name order", what, p.goroutines)
 	}
 }
 
@@ -466,22 +592,26 @@ func checkPerOrder(tb testing.TB, what string, p perOrder, maxHeap float64) {
 // Pebble and measures what each costs while it waits: first all 200
 // challenges live, failing their self-check (then unblocked: every
 // certificate is issued), then 10 live and 190 in the scheduler's queue
-// (then cancelled). Each time, the goroutines return to the baseline.
+// (then cancelled). Each order holds no more heap than what it is made of
+// allows (orderParts) and no goroutine but its caller's; each time, those
+// goroutines end with the orders.
 func TestOrderMemory(t *testing.T) {
 	schedulerIdle(t)
 	e := newEnv(t, envOptions{})
 	r := newOrderMemRig(t, memWorld{dns: e.dns, ca: e.ca, tlsPort: e.httpsPort, storage: e.storage})
-	ca := caHeapPerOrder(t, e.ca, memOrders)
+	ca, sample := caHeapPerOrder(t, e.ca, memOrders)
+	parts := measureOrderParts(t, r, sample)
+	t.Logf("bound per order: live %s; queued %s", parts.describe(true), parts.describe(false))
 
 	live := r.holdOrders(t, memOrders, memOrders, true)
 	live.ca = ca
 	t.Logf("all live:      %s", live)
-	checkPerOrder(t, "all live", live, maxHeapPerLiveOrder)
+	checkPerOrder(t, "all live", live, parts)
 
 	queued := r.holdOrders(t, memOrders, 10, false)
 	queued.ca = ca
 	t.Logf("mostly queued: %s", queued)
-	checkPerOrder(t, "mostly queued", queued, maxHeapPerQueuedOrder)
+	checkPerOrder(t, "mostly queued", queued, parts)
 }
 
 // BenchmarkOrderMemory is TestOrderMemory's measurement, reported as
@@ -490,7 +620,7 @@ func TestOrderMemory(t *testing.T) {
 // seconds.
 func BenchmarkOrderMemory(b *testing.B) {
 	r := newOrderMemRig(b, memWorldFor(b))
-	ca := caHeapPerOrder(b, r.w.ca, memOrders)
+	ca, _ := caHeapPerOrder(b, r.w.ca, memOrders)
 	var live, queued perOrder
 	b.ResetTimer()
 	for range b.N {

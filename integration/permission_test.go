@@ -141,6 +141,7 @@ func TestAdmissionFloodOfDeniedNames(t *testing.T) {
 	)
 	schedulerIdle(t)
 	a := newAdmissionEnv(t, envOptions{}, func(name string) bool { return !strings.HasPrefix(name, "denied-") })
+	listsAtStart := maintenanceLists()
 	a.run(admissionRun{
 		permission: map[string]any{
 			"cache_denied":     "10m",
@@ -154,7 +155,7 @@ func TestAdmissionFloodOfDeniedNames(t *testing.T) {
 	// written before the flood, and certflow's start-up maintenance (3 s
 	// after start) is over
 	a.mustHandshake("allowed.test")
-	time.Sleep(4 * time.Second)
+	waitMaintenancePass(t, listsAtStart)
 	o := a.observed()
 	before := o.scrape()
 	stores0, deletes0, locks0 := rig.StorageWrites()

@@ -2,6 +2,9 @@ package integration
 
 import (
 	"testing"
+	"time"
+
+	"github.com/certflow/certflow/integration/rig"
 )
 
 // TestReloadChangesChallengeCap: a config reload with a changed
@@ -57,5 +60,29 @@ func TestReloadChangesChallengeCap(t *testing.T) {
 		if ch := e.onlyChallenge(n); ch.str("state") != "valid" {
 			t.Errorf("challenge for %s: %s", n, dump(ch))
 		}
+	}
+}
+
+// reload loads cfg into the running Caddy (a config reload, not a restart)
+// and waits until the new servers answer: right after caddy.Load returns,
+// the old servers are still shutting down and the first connection can be
+// reset (seen on Linux, where Caddy binds with SO_REUSEPORT). A handshake
+// for probe, a name whose certificate is cached, must succeed three times
+// in a row, each within 2 s, all within 10 s.
+func (e *env) reload(cfg rig.CaddyConfig, probe string) {
+	e.t.Helper()
+	e.run(cfg)
+	ok, tries := 0, 0
+	for deadline := time.Now().Add(10 * time.Second); ok < 3; tries++ {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("after the reload, handshakes for %s kept failing (%d tries)", probe, tries)
+		}
+		if _, err := rig.Handshake(e.addr(), probe, e.ca.IssuerRoots(), 2*time.Second); err != nil {
+			e.t.Logf("after the reload: %v", err)
+			ok = 0
+			time.Sleep(pollEvery)
+			continue
+		}
+		ok++
 	}
 }

@@ -167,11 +167,16 @@ func TestStockAccountIsReused(t *testing.T) {
 	if n := e.ca.Count(rig.KindNewAccount); n != 1 {
 		t.Fatalf("certflow registered another account (%d new-account requests in all)", n)
 	}
-	if _, err := os.Stat(filepath.Join(e.storage, "certificates", "certflow-"+certmagicSafe(e.ca.DirectoryURL), "certflow.test", "certflow.test.crt")); err != nil {
+	// the certificate under the issuer key certflow shares with the stock
+	// issuer; certflow's own resources under certflow/certflow-<that key>
+	if _, err := os.Stat(filepath.Join(e.storage, "certificates", certmagicSafe(e.ca.DirectoryURL), "certflow.test", "certflow.test.crt")); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("certflow's certificate is not stored under its own issuer key")
+			t.Fatalf("certflow's certificate is not stored under the issuer key it shares with the stock issuer")
 		}
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(e.storage, "certflow", "certflow-"+certmagicSafe(e.ca.DirectoryURL), "names", "certflow.test.json")); err != nil {
+		t.Fatalf("certflow's record of the name: %v", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -304,6 +305,154 @@ func TestWorkflowBranches(t *testing.T) {
 				}
 			},
 		},
+		{
+			desc: "a renewal of a certificate from the same CA and account carries replaces, and records what it renews and why",
+			tune: func(o *Options) { o.RenewalWindowRatio = 0.999 },
+			setup: func(t *testing.T, r *branchRig) {
+				leaf := r.issueAndStore(name, nil)
+				t.Cleanup(func() {
+					reqs := r.ca.newOrderRequests(name)
+					if len(reqs) != 1 || reqs[0].Replaces != ariID(t, leaf) {
+						t.Errorf("new-order requests %+v, want one with replaces %s", reqs, ariID(t, leaf))
+					}
+					crs := r.requests(name)
+					last := crs[len(crs)-1]
+					if last.Kind != RequestRenewal || last.Renews == nil || last.Renews.Serial != fmt.Sprintf("%x", leaf.SerialNumber) ||
+						last.Renews.Reason != RenewalLifetime || !last.Renews.Replaces || last.Renews.ARIID != ariID(t, leaf) {
+						t.Errorf("the renewal's request: kind %q, renews %+v", last.Kind, last.Renews)
+					}
+					if crs[0].Kind != RequestIssuance || crs[0].Renews != nil {
+						t.Errorf("the first request: kind %q, renews %+v", crs[0].Kind, crs[0].Renews)
+					}
+					orders := r.orders(name)
+					if o := orders[len(orders)-1]; o.Replaces != ariID(t, leaf) || o.ReplacesRefused != "" {
+						t.Errorf("the renewal's order: replaces %q, refused %q", o.Replaces, o.ReplacesRefused)
+					}
+					if rec := r.nameRecord(name); rec.LastRenewal != last.ID {
+						t.Errorf("the name's record points at renewal %q, want %q", rec.LastRenewal, last.ID)
+					}
+				})
+			},
+		},
+		{
+			desc: "alreadyReplaced: the order is made again at once without replaces, charged to nobody",
+			setup: func(t *testing.T, r *branchRig) {
+				r.issueAndStore(name, nil)
+				r.ca.fail(fakeNewOrder, problem(409, "alreadyReplaced", "certificate with serial 65 already has a replacement order", ""))
+			},
+			check: func(t *testing.T, r *branchRig) {
+				checkReplacesRetried(t, r, name, "already has a replacement order")
+			},
+		},
+		{
+			desc: "unauthorized for another account's certificate: made again without replaces, the account not held",
+			setup: func(t *testing.T, r *branchRig) {
+				r.issueAndStore(name, nil)
+				r.ca.fail(fakeNewOrder, problem(403, "unauthorized", "requester account did not request the certificate being replaced by this order", ""))
+			},
+			onDemand: true,
+			check: func(t *testing.T, r *branchRig) {
+				checkReplacesRetried(t, r, name, "did not request the certificate")
+				if _, err := r.issue("after.example", true); err != nil {
+					t.Errorf("the next request failed: the refusal of replaces held something: %v", err)
+				}
+			},
+		},
+		{
+			desc: "a server error for a serial the CA does not know: one retry without replaces, not the CA's in-call retries",
+			setup: func(t *testing.T, r *branchRig) {
+				r.issueAndStore(name, nil)
+				r.ca.fail(fakeNewOrder, problem(500, "serverInternal", "could not find an order for the given certificate", ""))
+			},
+			check: func(t *testing.T, r *branchRig) {
+				checkReplacesRetried(t, r, name, "could not find an order")
+			},
+		},
+		{
+			desc: "a 429 with replaces is held like any other, and the order keeps replaces",
+			setup: func(t *testing.T, r *branchRig) {
+				r.issueAndStore(name, nil)
+				r.ca.fail(fakeNewOrder, problem(429, "rateLimited", "certflow test: slow down", "1"))
+			},
+			check: func(t *testing.T, r *branchRig) {
+				reqs := r.ca.newOrderRequests(name)
+				if len(reqs) != 2 || reqs[0].Replaces == "" || reqs[1].Replaces != reqs[0].Replaces {
+					t.Errorf("new-order requests %+v, want two, both with replaces", reqs)
+				}
+				if rec := r.nameRecord(name); rec.Failures != 0 {
+					t.Errorf("the rate limit counted as a failure: %+v", rec)
+				}
+			},
+		},
+		{
+			desc: "a certificate obtained with another account: no replaces, and the request says why",
+			setup: func(t *testing.T, r *branchRig) {
+				r.issueAndStore(name, func(m *acme.Certificate) { m.Account = "https://fake.ca/acct/other" })
+			},
+			check: func(t *testing.T, r *branchRig) {
+				reqs := r.ca.newOrderRequests(name)
+				if len(reqs) != 1 || reqs[0].Replaces != "" {
+					t.Errorf("new-order requests %+v, want one without replaces", reqs)
+				}
+				crs := r.requests(name)
+				if rn := crs[len(crs)-1].Renews; rn == nil || rn.Replaces || !strings.Contains(rn.NoReplaces, "another ACME account") {
+					t.Errorf("renews: %+v", rn)
+				}
+			},
+		},
+		{
+			desc: "a certificate from another CA: no replaces",
+			setup: func(t *testing.T, r *branchRig) {
+				r.issueAndStore(name, func(m *acme.Certificate) { m.CA = "https://other.ca/directory" })
+			},
+			check: func(t *testing.T, r *branchRig) {
+				if reqs := r.ca.newOrderRequests(name); len(reqs) != 1 || reqs[0].Replaces != "" {
+					t.Errorf("new-order requests %+v, want one without replaces", reqs)
+				}
+			},
+		},
+		{
+			desc: "a renewal interrupted by a crash resumes its order (replaces and all) instead of making another",
+			setup: func(t *testing.T, r *branchRig) {
+				leaf := r.issueAndStore(name, nil)
+				u := createAtFake(t, r, name)
+				o := storeResumable(t, r, name, OrderPending, u)
+				o.Replaces = ariID(t, leaf)
+				if err := r.store().save(context.Background(), KindOrder, o.ID, &o); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, r *branchRig) {
+				if n := r.ca.newOrdersFor(name); n != 0 {
+					t.Errorf("%d new-orders, want the stored order resumed", n)
+				}
+				crs := r.requests(name)
+				last := crs[len(crs)-1]
+				if last.Kind != RequestRenewal || r.nameRecord(name).LastRenewal != last.ID {
+					t.Errorf("the resumed renewal: kind %q, the record's last renewal %q (want %q)", last.Kind, r.nameRecord(name).LastRenewal, last.ID)
+				}
+				orders := r.orders(name)
+				if o := orders[len(orders)-1]; o.State != OrderValid || o.Replaces == "" {
+					t.Errorf("the resumed order: %+v", o)
+				}
+			},
+		},
+		{
+			desc: "a renewal waits out its name's hold like any request",
+			setup: func(t *testing.T, r *branchRig) {
+				r.issueAndStore(name, nil)
+				r.ca.fail(fakeNewOrder, problem(429, "rateLimited", fmt.Sprintf(`too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s: %s`, name), "3600"))
+			},
+			onDemand: true, wantErr: "held back", wantParty: PartyHold,
+			check: func(t *testing.T, r *branchRig) {
+				if _, err := r.issue(name, true); err == nil || !strings.Contains(err.Error(), "held") {
+					t.Errorf("the next renewal during the hold: %v, want it held without a request", err)
+				}
+				if n := len(r.ca.newOrderRequests(name)); n != 1 {
+					t.Errorf("%d new-orders, want the one refused", n)
+				}
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
@@ -411,5 +560,41 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
+	}
+}
+
+// ariID is leaf's ARI certificate identifier.
+func ariID(t *testing.T, leaf *x509.Certificate) string {
+	t.Helper()
+	id, err := acme.ARIUniqueIdentifier(leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// checkReplacesRetried checks that name's renewal met one refusal of
+// replaces (whose detail contains detail) and was ordered again at once
+// without it, charged to nobody.
+func checkReplacesRetried(t *testing.T, r *branchRig, name, detail string) {
+	t.Helper()
+	reqs := r.ca.newOrderRequests(name)
+	if len(reqs) != 2 || reqs[0].Replaces == "" || reqs[1].Replaces != "" {
+		t.Errorf("new-order requests %+v, want two: with replaces, then without", reqs)
+	}
+	orders := r.orders(name)
+	o := orders[len(orders)-1]
+	if o.State != OrderValid || o.Replaces != "" || !strings.Contains(o.ReplacesRefused, detail) {
+		t.Errorf("order: state %q, replaces %q, refused %q", o.State, o.Replaces, o.ReplacesRefused)
+	}
+	crs := r.requests(name)
+	if rn := crs[len(crs)-1].Renews; rn == nil || rn.Replaces || !strings.Contains(rn.NoReplaces, detail) {
+		t.Errorf("renews: %+v", rn)
+	}
+	if rec := r.nameRecord(name); rec.Failures != 0 || !rec.NextAttempt.IsZero() {
+		t.Errorf("the refusal of replaces was charged to the name: %+v", rec)
+	}
+	if st := r.engine.Breaker(); st.Failures > 1 {
+		t.Errorf("the circuit counted %d failures", st.Failures)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"sync"
 	"testing"
@@ -72,6 +73,13 @@ type branchRig struct {
 
 const branchIssuerKey = "certflow-fake"
 
+// branchCertificateKey is the issuer key certmagic stores the rig's
+// certificates under: the CA's key, as the stock acme issuer's.
+const branchCertificateKey = "fake.ca-dir"
+
+// branchAccount is the fake CA's account URL for the rig's account.
+const branchAccount = "https://fake.ca/acct/1"
+
 func newBranchRig(t *testing.T, tune func(o *Options)) *branchRig {
 	t.Helper()
 	r := &branchRig{t: t, ca: newFakeCA(t), storage: newMemStorage(), solvers: map[string]*fakeSolver{
@@ -86,6 +94,7 @@ func newBranchRig(t *testing.T, tune func(o *Options)) *branchRig {
 	r.opts = &Options{
 		Storage:           r.storage,
 		IssuerKey:         branchIssuerKey,
+		CertificateKeys:   []string{branchCertificateKey},
 		ChallengeTypes:    []string{acme.ChallengeTypeHTTP01, acme.ChallengeTypeTLSALPN01},
 		Solvers:           map[string]solvers.Solver{},
 		SelfCheckInterval: 5 * time.Millisecond,
@@ -160,4 +169,59 @@ func (r *branchRig) requests(name string) []CertificateRequest {
 
 func (r *branchRig) challenges(name string) []Challenge {
 	return resourcesOf(r, KindChallenge, name, func(c *Challenge) string { return c.Name })
+}
+
+// issueAndStore issues a certificate for name and stores it as certmagic
+// does once Issue returns (the chain and its metadata, here from the rig's
+// CA and account, as adjust changes them), so that the next request for
+// name renews it. It returns the stored leaf.
+func (r *branchRig) issueAndStore(name string, adjust func(meta *acme.Certificate)) *x509.Certificate {
+	r.t.Helper()
+	issued, err := r.issue(name, false)
+	if err != nil {
+		r.t.Fatalf("issuing the certificate to renew: %v", err)
+	}
+	meta, _ := issued.Metadata.(acme.Certificate)
+	meta.CA, meta.Account = "https://fake.ca/dir", branchAccount
+	if adjust != nil {
+		adjust(&meta)
+	}
+	leaf := r.storeCertificate(name, issued.Certificate, meta)
+	r.ca.mu.Lock()
+	r.ca.requests[name] = nil // count the renewal's requests only
+	r.ca.mu.Unlock()
+	return leaf
+}
+
+// storeCertificate writes chainPEM and meta where certmagic keeps name's
+// certificate under the rig's certificate key, and returns the leaf.
+func (r *branchRig) storeCertificate(name string, chainPEM []byte, meta acme.Certificate) *x509.Certificate {
+	r.t.Helper()
+	ctx := context.Background()
+	metaJSON, err := json.Marshal(meta)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	res, _ := json.Marshal(map[string]any{"sans": []string{name}, "issuer_data": json.RawMessage(metaJSON)})
+	for key, v := range map[string][]byte{
+		certmagic.StorageKeys.SiteCert(branchCertificateKey, name): chainPEM,
+		certmagic.StorageKeys.SiteMeta(branchCertificateKey, name): res,
+	} {
+		if err := r.storage.Store(ctx, key, v); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	block, _ := pem.Decode(chainPEM)
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return leaf
+}
+
+// newOrderRequests returns the new-order requests the CA received for name.
+func (f *fakeCA) newOrderRequests(name string) []acme.Order {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]acme.Order(nil), f.requests[name]...)
 }

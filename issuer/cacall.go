@@ -93,6 +93,10 @@ type callMode struct {
 	// call at once instead of making it wait.
 	interactive bool
 	observer    Observer
+	// problemsFinal: an ACME problem document ends the call at once, even
+	// a 5xx one (the caller decides what it means); the network's and
+	// non-ACME failures are still retried.
+	problemsFinal bool
 }
 
 // call runs one CA request as fn, for step (in errors and logs): it asks
@@ -124,7 +128,8 @@ func (e *Engine) call(ctx context.Context, op caOp, step string, mode callMode, 
 		if errors.As(err, &limited) && (op == opNewOrder || op == opAccount) {
 			return fmt.Errorf("%s: %w", step, err) // the order gate decides what it holds
 		}
-		if party, _ := chargedTo(err); (party != PartyCA && limited == nil) || ctx.Err() != nil || attempt == maxCallAttempts {
+		if party, _ := chargedTo(err); (party != PartyCA && limited == nil) || ctx.Err() != nil || attempt == maxCallAttempts ||
+			(mode.problemsFinal && errors.As(err, new(acme.Problem))) {
 			return fmt.Errorf("%s: %w", step, err)
 		}
 		d := wait + rand.N(wait/2)

@@ -17,8 +17,15 @@ type Options struct {
 	// Storage is the policy's certmagic storage: resources, tokens and
 	// accounts live there.
 	Storage certmagic.Storage
-	// IssuerKey is the issuer's key; it prefixes every stored resource.
+	// IssuerKey names certflow's own resources: they are stored under
+	// certflow/<IssuerKey>/ (certflow-<the CA's key>, a prefix that never
+	// changes).
 	IssuerKey string
+	// CertificateKeys are the issuer keys certmagic stores the policy's
+	// certificates under (certificates/<key>/<name>/…): this issuer's
+	// first, then the policy's other issuers'. A certificate stored there
+	// for a name makes a request for it a renewal.
+	CertificateKeys []string
 	// ChallengeTypes are the enabled types, most preferred first.
 	ChallengeTypes []string
 	// Solvers by challenge type.
@@ -52,6 +59,14 @@ type Options struct {
 	CertificateLifetime time.Duration
 	// PreferredChains chooses among the chains the CA offers.
 	PreferredChains ChainPreference
+
+	// RenewalWindowRatio, RenewCheckInterval and DisableARI are the
+	// policy's certmagic settings that decide when a certificate is
+	// renewed: they tell why a renewal happened. DisableARI also keeps
+	// `replaces` out of new orders.
+	RenewalWindowRatio float64
+	RenewCheckInterval time.Duration
+	DisableARI         bool
 
 	// OnDemandBudget is how long a request with a handshake waiting may
 	// take; a wait beyond it fails the request at once. Default:

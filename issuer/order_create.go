@@ -21,17 +21,31 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 	if err := w.checkOrderProfile(ctx); err != nil {
 		return nil, err
 	}
+	replaces := w.replaces(ctx)
+	refused := ""
 	for attempt := 1; ; attempt++ {
 		answered, err := w.waitForOrderSlot(ctx)
 		if err != nil {
 			return nil, err
 		}
 		start = time.Now()
-		err = w.call(ctx, opNewOrder, "creating order", func(ctx context.Context) error {
-			var err error
-			created, err = w.engine.ca.NewOrder(ctx, w.acct, w.newOrderRequest())
-			return err
-		})
+		if replaces != "" {
+			created, err = w.newOrderReplacing(ctx, replaces)
+			if err != nil && isReplacementRefusal(err) {
+				// made again at once without replaces, charged to nobody
+				refused, replaces = problemDetail(err), ""
+				w.cr.Renews.NoReplaces = "the CA refused replaces: " + refused
+				w.logger.Info("the CA refused the order with replaces; ordering again without",
+					zapRequest(w.cr.ID), zap.String("problem", problemType(err)), zapReason(refused))
+			}
+		}
+		if replaces == "" {
+			err = w.call(ctx, opNewOrder, "creating order", func(ctx context.Context) error {
+				var err error
+				created, err = w.engine.ca.NewOrder(ctx, w.acct, w.newOrderRequest(""))
+				return err
+			})
+		}
 		answered(err)
 		var limited *RateLimitedError
 		if errors.As(err, &limited) && attempt < maxRateLimitedOrderAttempts {
@@ -57,6 +71,10 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 		Created:        now,
 	}
 	recordOrderTerms(o, created)
+	o.Replaces, o.ReplacesRefused = replaces, refused
+	if r := w.cr.Renews; r != nil {
+		r.Replaces = replaces != ""
+	}
 	if created.Status == acme.StatusReady {
 		// the CA already holds every authorization as valid: no challenge
 		o.ReusedAuthzs = len(created.Authorizations)
@@ -76,6 +94,24 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 	w.observer().OrderCreated(*o, now.Sub(start))
 	w.logger.Info("order created", zapOrder(o.ID), zapState(o.State), zapRequest(w.cr.ID),
 		zap.Int("authorizations", len(o.Authorizations)), zap.Int("reused_authorizations", o.ReusedAuthzs),
-		zapTook(now.Sub(start)))
+		zap.String("replaces", o.Replaces), zapTook(now.Sub(start)))
 	return run, nil
+}
+
+// newOrderReplacing asks for the new order with replaces. Every answer of
+// the CA that is an ACME problem ends the call at once (no retry inside
+// it, see callMode.problemsFinal): a refusal of replaces (even a 5xx for a
+// serial the CA does not know) is answered by ordering again without it,
+// and a 429 is held as any other. A problem of the account is left for
+// that order to meet, so a refusal of replaces never holds the account.
+func (w *workflow) newOrderReplacing(ctx context.Context, replaces string) (acme.Order, error) {
+	var created acme.Order
+	mode := w.mode()
+	mode.problemsFinal = true
+	err := w.engine.call(ctx, opNewOrder, "creating order (replacing "+replaces+")", mode, func(ctx context.Context) error {
+		var err error
+		created, err = w.engine.ca.NewOrder(ctx, w.acct, w.newOrderRequest(replaces))
+		return err
+	})
+	return created, err
 }

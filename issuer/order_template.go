@@ -64,10 +64,11 @@ func (w *workflow) checkOrderProfile(ctx context.Context) error {
 }
 
 // newOrderRequest is what the new-order request asks the CA for: the
-// identifiers, the policy's profile (checked by checkOrderProfile) and
-// notAfter from the certificate lifetime, counted from now.
-func (w *workflow) newOrderRequest() acme.Order {
-	order := acme.Order{Identifiers: w.ids, Profile: w.opts.Profile}
+// identifiers, the policy's profile (checked by checkOrderProfile), notAfter
+// from the certificate lifetime, counted from now, and the ARI identifier
+// of the certificate it replaces, if any (see replaces).
+func (w *workflow) newOrderRequest(replaces string) acme.Order {
+	order := acme.Order{Identifiers: w.ids, Profile: w.opts.Profile, Replaces: replaces}
 	if lifetime := w.opts.CertificateLifetime; lifetime > 0 {
 		notAfter := time.Now().Add(lifetime).Truncate(time.Second).UTC()
 		order.NotAfter = &notAfter

@@ -47,7 +47,7 @@ func TestNewOrderTemplate(t *testing.T) {
 			t.Fatal(err)
 		}
 		before := time.Now()
-		tmpl := w.newOrderRequest()
+		tmpl := w.newOrderRequest("")
 		if tmpl.Profile != "shortlived" || len(tmpl.Identifiers) != 1 {
 			t.Errorf("template %+v", tmpl)
 		}
@@ -93,7 +93,7 @@ func TestNewOrderTemplate(t *testing.T) {
 		if err := w.checkOrderProfile(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if tmpl := w.newOrderRequest(); tmpl.Profile != "" || tmpl.NotAfter != nil {
+		if tmpl := w.newOrderRequest(""); tmpl.Profile != "" || tmpl.NotAfter != nil {
 			t.Fatalf("template %+v", tmpl)
 		}
 		if n := hits.Load(); n != 0 {

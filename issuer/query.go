@@ -284,6 +284,11 @@ type NameStatus struct {
 	Request    *CertificateRequest `json:"request,omitempty"`
 	Order      *Order              `json:"order,omitempty"`
 	Challenges []Challenge         `json:"challenges,omitempty"`
+	// LastRenewal is the latest CertificateRequest that renewed the
+	// name's certificate, and LastRenewalOrder its order (the same as
+	// Request and Order when the latest request was that renewal).
+	LastRenewal      *CertificateRequest `json:"last_renewal,omitempty"`
+	LastRenewalOrder *Order              `json:"last_renewal_order,omitempty"`
 	// BackingOff is true while handshakes for the name fail fast.
 	BackingOff bool `json:"backing_off"`
 	// Problems lists the name's stored records that could not be read as
@@ -332,6 +337,18 @@ func (r Reader) Status(ctx context.Context, name string) (NameStatus, error) {
 			problem(err)
 		}
 	}
+	if id := rec.LastRenewal; id != "" {
+		if st.Request != nil && st.Request.ID == id {
+			st.LastRenewal = st.Request
+		} else {
+			var cr CertificateRequest
+			if err := r.s.inspect(ctx, KindRequest, id, &cr); err == nil {
+				st.LastRenewal = &cr
+			} else {
+				problem(err)
+			}
+		}
+	}
 	orderID := rec.CurrentOrder
 	if st.Request != nil && st.Request.Order != "" {
 		orderID = st.Request.Order
@@ -350,6 +367,18 @@ func (r Reader) Status(ctx context.Context, name string) (NameStatus, error) {
 			}
 		} else {
 			problem(err)
+		}
+	}
+	if lr := st.LastRenewal; lr != nil && lr.Order != "" {
+		if st.Order != nil && st.Order.ID == lr.Order {
+			st.LastRenewalOrder = st.Order
+		} else {
+			var o Order
+			if err := r.s.inspect(ctx, KindOrder, lr.Order, &o); err == nil {
+				st.LastRenewalOrder = &o
+			} else {
+				problem(err)
+			}
 		}
 	}
 	return st, nil

@@ -89,6 +89,7 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 		w.rec.OnDemand = true // written with the next write of the record
 	}
 
+	forced := forcedRenewalOf(ctx)
 	w.cr = &CertificateRequest{
 		Version:     SchemaVersion,
 		ID:          newID(now),
@@ -96,15 +97,27 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 		Identifiers: w.names,
 		CSR:         string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: w.req.CSR.Raw})),
 		OnDemand:    w.req.OnDemand,
+		Kind:        RequestIssuance,
+		Renews:      w.findRenewal(ctx, forced != nil, now),
 		State:       RequestPending,
 		Attempt:     rec.Failures + 1,
 		Created:     now,
 		Updated:     now,
 	}
+	if w.cr.Renews != nil {
+		w.cr.Kind = RequestRenewal
+		w.rec.LastRenewal = w.cr.ID // written with the next write of the record
+	}
+	forced.report(w.cr.ID)
 	// committed with the order it produces (or its failure): see SaveRules
 	w.observer().RequestChanged(*w.cr)
-	w.logger.Info("certificate request created", zapRequest(w.cr.ID), zapState(w.cr.State),
-		zap.Bool("on_demand", w.req.OnDemand), zap.Int("attempt", w.cr.Attempt))
+	fields := []zap.Field{zapRequest(w.cr.ID), zapState(w.cr.State), zap.Bool("on_demand", w.req.OnDemand),
+		zap.Int("attempt", w.cr.Attempt), zap.String("kind", w.cr.Kind)}
+	if r := w.cr.Renews; r != nil {
+		fields = append(fields, zap.String("renews", r.Serial), zap.Time("renews_not_after", r.NotAfter),
+			zap.String("renewal_reason", r.Reason))
+	}
+	w.logger.Info("certificate request created", fields...)
 
 	issued, err := w.obtain(ctx)
 	if err != nil {
@@ -195,7 +208,9 @@ func (w *workflow) recordSuccess(ctx context.Context) {
 		func() error { return w.commitRequest(ctx) },
 	}
 	w.engine.backoffs.note(w.opts.IssuerKey, w.name, time.Time{}, "", now)
-	if w.rec.Failures != 0 || !w.rec.NextAttempt.IsZero() || w.rec.LastError != "" {
+	// a renewal is written too, so the record points at it (status shows
+	// the last renewal's outcome); a resumed order wrote no record
+	if w.rec.Failures != 0 || !w.rec.NextAttempt.IsZero() || w.rec.LastError != "" || (w.cr.Kind == RequestRenewal && w.order.resumed) {
 		w.rec.Failures, w.rec.NextAttempt, w.rec.LastError, w.rec.CurrentOrder = 0, time.Time{}, "", ""
 		writes = append(writes, func() error { return w.saveNameRecord(ctx) })
 	}

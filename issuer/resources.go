@@ -26,8 +26,13 @@ type CertificateRequest struct {
 	Identifiers []string `json:"identifiers"`
 	CSR         string   `json:"csr"`
 	OnDemand    bool     `json:"on_demand,omitempty"`
-	State       string   `json:"state"`
-	Reason      string   `json:"reason,omitempty"`
+	// Kind is RequestIssuance (no certificate of the name was stored)
+	// or RequestRenewal; Renews says which certificate a renewal
+	// replaces and why it was renewed.
+	Kind   string   `json:"kind,omitempty"`
+	Renews *Renewal `json:"renews,omitempty"`
+	State  string   `json:"state"`
+	Reason string   `json:"reason,omitempty"`
 	// ChargedTo is who a failure was charged to (see Party): only the
 	// name's own failures grow its backoff.
 	ChargedTo   Party     `json:"charged_to,omitempty"`
@@ -67,6 +72,13 @@ type Order struct {
 	Profile  string     `json:"profile,omitempty"`
 	NotAfter *time.Time `json:"not_after,omitempty"`
 	Chain    string     `json:"chain,omitempty"`
+
+	// Replaces is the ARI identifier of the certificate the order
+	// replaces (RFC 9773), as the CA accepted it; ReplacesRefused is the
+	// CA's reason when it refused an order with replaces and the order
+	// was made again without.
+	Replaces        string `json:"replaces,omitempty"`
+	ReplacesRefused string `json:"replaces_refused,omitempty"`
 
 	indexed string // the state the index shows; "" until first saved
 }
@@ -119,13 +131,16 @@ type ChallengeTimes struct {
 // history so retention never erases it: the order in progress (resumed after
 // a restart), the failure backoff, and which challenge type to try next.
 type NameRecord struct {
-	Version      int       `json:"version"`
-	Name         string    `json:"name"`
-	CurrentOrder string    `json:"current_order,omitempty"`
-	LastRequest  string    `json:"last_request,omitempty"`
-	Failures     int       `json:"failures,omitempty"`
-	NextAttempt  time.Time `json:"next_attempt,omitzero"`
-	LastError    string    `json:"last_error,omitempty"`
+	Version      int    `json:"version"`
+	Name         string `json:"name"`
+	CurrentOrder string `json:"current_order,omitempty"`
+	LastRequest  string `json:"last_request,omitempty"`
+	// LastRenewal is the latest CertificateRequest that renewed the
+	// name's certificate.
+	LastRenewal string    `json:"last_renewal,omitempty"`
+	Failures    int       `json:"failures,omitempty"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
 	// TypeOffset rotates the challenge type preference after a failed
 	// validation, so the next attempt uses the next enabled type.
 	TypeOffset int `json:"type_offset,omitempty"`

@@ -3,9 +3,12 @@ package issuer
 import (
 	"context"
 	"errors"
-	"runtime"
+	"fmt"
 	"testing"
 	"time"
+	"unsafe"
+
+	"github.com/certflow/certflow/internal/memtest"
 )
 
 // queueFigures is what a full scheduler queue costs.
@@ -25,48 +28,12 @@ type queueFigures struct {
 	// goroutinesPerQueued counts every goroutine the queue needs, the
 	// callers' included: exactly 1, the caller's own.
 	goroutinesPerQueued float64
-	// schedulerGoroutines is what the scheduler started itself: 0.
+	// schedulerGoroutines is what the scheduler started itself, counted
+	// among the goroutines descending from the measurement's
+	// (memtest.Label): 0.
 	schedulerGoroutines int
 	// fullTook is how long an Acquire past MaxQueued took to fail.
 	fullTook time.Duration
-}
-
-// liveHeap returns the live heap and stack in use after a full collection.
-// Two collections, so objects freed by finalizers of the first are gone too.
-func liveHeap() (heap, stack uint64) {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc, ms.StackInuse
-}
-
-// waitGoroutines waits (bounded) until runtime.NumGoroutine() is at most
-// want, and returns the last count seen.
-func waitGoroutines(want int, timeout time.Duration) int {
-	deadline := time.Now().Add(timeout)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= want || time.Now().After(deadline) {
-			return n
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// steadyGoroutines returns runtime.NumGoroutine() once it has not changed
-// for 50 ms (at most timeout), so goroutines an earlier test left finishing
-// (index writes, clean-ups) do not move the count during a measurement.
-func steadyGoroutines(timeout time.Duration) int {
-	deadline := time.Now().Add(timeout)
-	last, since := runtime.NumGoroutine(), time.Now()
-	for time.Now().Before(deadline) && time.Since(since) < 50*time.Millisecond {
-		time.Sleep(5 * time.Millisecond)
-		if n := runtime.NumGoroutine(); n != last {
-			last, since = n, time.Now()
-		}
-	}
-	return last
 }
 
 // measureQueue fills a scheduler whose single slot is held with n tickets,
@@ -74,12 +41,31 @@ func steadyGoroutines(timeout time.Duration) int {
 // that waits for the challenge), measures what they cost, checks that one
 // more fails at once with ErrQueueFull, then empties the queue (half the
 // callers give up, the other half get the slot in turn) and checks that
-// every goroutine is gone. Anything unexpected fails tb,
-// and the figures are returned for the caller to bound and report.
+// every goroutine is gone. Everything that could start a goroutine — the
+// scheduler's construction, every Acquire — runs under a label of its own
+// (memtest.Label), so the goroutines counted are the measurement's and
+// their descendants, whatever else runs in the process. Anything unexpected fails
+// tb, and the figures are returned for the caller to bound and report.
 func measureQueue(tb testing.TB, n int) queueFigures {
 	tb.Helper()
-	s := NewScheduler(SchedulerLimits{MaxLive: 1, MaxQueued: n})
-	holder, err := s.Acquire(context.Background(), Ticket{})
+	label := memtest.NewLabel()
+	labelled := label.Do
+	goroutines := func() int {
+		tb.Helper()
+		n, err := label.Goroutines()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return n
+	}
+
+	var s *Scheduler
+	var holder func()
+	var err error
+	labelled(func() {
+		s = NewScheduler(SchedulerLimits{MaxLive: 1, MaxQueued: n})
+		holder, err = s.Acquire(context.Background(), Ticket{})
+	})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -96,27 +82,28 @@ func measureQueue(tb testing.TB, n int) queueFigures {
 	gate := make(chan struct{})
 	results := make(chan error, n)
 	FlushIndex(time.Minute) // index writes an earlier test left
-	g0 := steadyGoroutines(5 * time.Second)
-	for i := range n {
-		ctx := served
-		if i%2 == 0 {
-			ctx = giveUp
-		}
-		// a mix of what the workflow asks for: on-demand and managed,
-		// some with an exclusion key (a DNS-01 record name)
-		tk := Ticket{Created: base.Add(time.Duration(i)), Urgent: i%3 == 0}
-		if i%4 == 0 {
-			tk.Key = "_acme-challenge.example.com"
-		}
-		go func() {
-			<-gate
-			release, err := s.Acquire(ctx, tk)
-			if err == nil {
-				release()
+	labelled(func() {
+		for i := range n {
+			ctx := served
+			if i%2 == 0 {
+				ctx = giveUp
 			}
-			results <- err
-		}()
-	}
+			// a mix of what the workflow asks for: on-demand and managed,
+			// some with an exclusion key (a DNS-01 record name)
+			tk := Ticket{Created: base.Add(time.Duration(i)), Urgent: i%3 == 0}
+			if i%4 == 0 {
+				tk.Key = "_acme-challenge.example.com"
+			}
+			go func() {
+				<-gate
+				release, err := s.Acquire(ctx, tk)
+				if err == nil {
+					release()
+				}
+				results <- err
+			}()
+		}
+	})
 	// don't leave the callers behind if a check below fails
 	defer func() {
 		select {
@@ -129,40 +116,41 @@ func measureQueue(tb testing.TB, n int) queueFigures {
 		holder()
 	}()
 
-	callers := runtime.NumGoroutine() - g0
-	heap0, stack0 := liveHeap()
-	withCallers := runtime.NumGoroutine()
+	callers := goroutines()
+	heap0, stack0 := memtest.Live()
 	close(gate)
 	waitQueued(tb, s, n)
-	heap1, stack1 := liveHeap()
-	queuedGoroutines := runtime.NumGoroutine()
+	heap1, stack1 := memtest.Live()
+	queuedGoroutines := goroutines()
 
 	f := queueFigures{
 		queued:              n,
 		heapPerQueued:       (float64(heap1) - float64(heap0)) / float64(n),
 		stackPerQueued:      (float64(stack1) - float64(stack0)) / float64(n),
-		goroutinesPerQueued: float64(queuedGoroutines-g0) / float64(n),
-		schedulerGoroutines: queuedGoroutines - withCallers,
+		goroutinesPerQueued: float64(queuedGoroutines) / float64(n),
+		schedulerGoroutines: queuedGoroutines - callers,
 	}
-	if callers != n || queuedGoroutines-g0 != n {
-		tb.Errorf("goroutines: %d callers started, %d more than before with %d tickets queued; want exactly %d (the callers')",
-			callers, queuedGoroutines-g0, n, n)
+	if callers != n || queuedGoroutines != n {
+		tb.Errorf("goroutines: %d callers started, %d with %d tickets queued; want exactly %d (the callers')",
+			callers, queuedGoroutines, n, n)
 	}
 
 	// past MaxQueued: refused at once, nothing queued, no goroutine left
 	start := time.Now()
-	_, err = s.Acquire(context.Background(), Ticket{Created: base, Urgent: true})
+	labelled(func() { _, err = s.Acquire(context.Background(), Ticket{Created: base, Urgent: true}) })
 	f.fullTook = time.Since(start)
 	if !errors.Is(err, ErrQueueFull) {
 		tb.Errorf("Acquire with %d queued (MaxQueued %d): err = %v, want ErrQueueFull", n, n, err)
 	}
-	if _, ok := s.TryAcquire(Ticket{Created: base, Urgent: true}); ok {
+	var tried bool
+	labelled(func() { _, tried = s.TryAcquire(Ticket{Created: base, Urgent: true}) })
+	if tried {
 		tb.Error("TryAcquire got a slot while the only one is held")
 	}
 	if live, q := s.Stats(); live != 1 || q != n {
 		tb.Errorf("after the refused Acquire: live %d, queued %d; want 1, %d", live, q, n)
 	}
-	if got := runtime.NumGoroutine(); got != queuedGoroutines {
+	if got := goroutines(); got != queuedGoroutines {
 		tb.Errorf("goroutines after the refused Acquire: %d, want %d", got, queuedGoroutines)
 	}
 
@@ -192,32 +180,59 @@ func measureQueue(tb testing.TB, n int) queueFigures {
 	if live, q := s.Stats(); live != 0 || q != 0 {
 		tb.Errorf("after emptying the queue: live %d, queued %d; want 0, 0", live, q)
 	}
-	if left := waitGoroutines(g0, 10*time.Second); left > g0 {
-		tb.Errorf("goroutines after emptying the queue: %d, want at most %d as before", left, g0)
+	if left, err := label.WaitGoroutines(0, 10*time.Second); err != nil || left != 0 {
+		tb.Errorf("goroutines after emptying the queue: %d of the measurement's left (%v), want 0", left, err)
 	}
 	return f
 }
 
-// maxHeapPerQueued bounds the heap the scheduler holds per queued ticket.
-// Measured with 1000 queued (Go 1.26, linux/amd64): 213–230 bytes without
-// -race, 202–216 with it (ticket 80, ready channel 96, the queue slice's
-// share, and sudogs of the blocked select when the runtime's cache has
-// none). The bound is about 3.5× that: it still fails when something of
-// ~550 bytes or more is kept per ticket. A goroutine per ticket fails the
-// exact goroutine count instead (its stack is not heap).
-const maxHeapPerQueued = 750
+// queueBound is the most heap the scheduler may hold per queued ticket,
+// summed from what a queued ticket is made of, each measured as allocated
+// (memtest.HeapPer) rather than assumed.
+type queueBound struct {
+	// ticket is the scheduler's *ticket.
+	ticket float64
+	// ready is the ticket's ready channel.
+	ready float64
+	// sudogs are the runtime's records of the caller parked in Acquire's
+	// select: one per case (the ready channel and ctx.Done()). The
+	// runtime reuses freed ones (the callers' own wait on the test's gate
+	// freed one each), so fewer may be allocated; never more.
+	sudogs float64
+	// slots is the ticket's share of the queue slice: one pointer, two
+	// at most while append has doubled its capacity.
+	slots float64
+}
 
-// TestSchedulerQueueMemory: a full queue costs a few hundred bytes per
-// waiting challenge, the scheduler starts no goroutine for it (the only
-// goroutine per ticket is its caller's), a ticket past MaxQueued is refused
-// at once, and emptying the queue leaves nothing behind.
+func measureQueueBound(n int) queueBound {
+	return queueBound{
+		ticket: memtest.HeapPer(n, func(int) any { return new(ticket) }),
+		ready:  memtest.HeapPer(n, func(int) any { return make(chan struct{}) }),
+		sudogs: 2 * memtest.HeapPer(n, func(int) any { return new(memtest.Sudog) }),
+		slots:  2 * float64(unsafe.Sizeof((*ticket)(nil))),
+	}
+}
+
+func (b queueBound) total() float64 { return b.ticket + b.ready + b.sudogs + b.slots }
+
+func (b queueBound) String() string {
+	return fmt.Sprintf("%.0f = ticket %.0f + ready channel %.0f + 2 sudogs %.0f + queue slots %.0f",
+		b.total(), b.ticket, b.ready, b.sudogs, b.slots)
+}
+
+// TestSchedulerQueueMemory: a full queue costs the scheduler no more heap
+// per waiting challenge than what a queued ticket is made of (queueBound),
+// the scheduler starts no goroutine for it (the only goroutine per ticket is
+// its caller's), a ticket past MaxQueued is refused at once, and emptying
+// the queue leaves nothing behind.
 func TestSchedulerQueueMemory(t *testing.T) {
 	const n = DefaultMaxQueued
+	bound := measureQueueBound(n)
 	f := measureQueue(t, n)
-	t.Logf("%d queued tickets: %.0f heap bytes/queued held by the scheduler, %.0f caller stack bytes/queued, %.2f goroutines/queued (the callers'), %d started by the scheduler; Acquire past MaxQueued failed in %s",
-		f.queued, f.heapPerQueued, f.stackPerQueued, f.goroutinesPerQueued, f.schedulerGoroutines, f.fullTook)
-	if f.heapPerQueued > maxHeapPerQueued {
-		t.Errorf("the scheduler holds %.0f heap bytes per queued ticket, bound %d", f.heapPerQueued, maxHeapPerQueued)
+	t.Logf("%d queued tickets: %.0f heap bytes/queued held by the scheduler (bound %s), %.0f caller stack bytes/queued, %.2f goroutines/queued (the callers'), %d started by the scheduler; Acquire past MaxQueued failed in %s",
+		f.queued, f.heapPerQueued, bound, f.stackPerQueued, f.goroutinesPerQueued, f.schedulerGoroutines, f.fullTook)
+	if f.heapPerQueued > bound.total() {
+		t.Errorf("the scheduler holds %.0f heap bytes per queued ticket, more than a queued ticket is made of: %s", f.heapPerQueued, bound)
 	}
 	if f.schedulerGoroutines != 0 || f.goroutinesPerQueued != 1 {
 		t.Errorf("%d goroutines started by the scheduler for %d queued tickets (%.2f per ticket with the callers'); want 0 (1 per ticket)",

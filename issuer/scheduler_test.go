@@ -131,6 +131,8 @@ func TestSchedulerCap(t *testing.T) {
 						peak = live
 					}
 					mu.Unlock()
+					// hold the slot a moment, so that the callers overlap:
+					// the sleep is the point, there is nothing to wait for
 					time.Sleep(time.Millisecond)
 					mu.Lock()
 					live--

@@ -2,7 +2,7 @@
 // Caddy binary (cmd/caddy, with certflow compiled in) runs as a separate
 // process, alternately with the stock acme issuer and with certflow, against
 // an in-process Pebble, and the figures are printed side by side with the
-// ratio certflow/stock. See package bench for what is measured.
+// ratio certflow/stock. See internal/bench for what is measured.
 //
 // Usage, from the module root:
 //
@@ -28,7 +28,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/certflow/certflow/cmd/certflow-bench/bench"
+	"github.com/certflow/certflow/internal/bench"
 )
 
 func main() {

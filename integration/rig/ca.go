@@ -343,6 +343,19 @@ func (c *CA) BlockDomain(name string) error {
 	return nil
 }
 
+// AuthzStatus returns the status Pebble holds for the authorization with
+// the given ID ("pending", "valid", "invalid", ...), "" when it has none:
+// "pending" becomes another once its validator has recorded a result.
+func (c *CA) AuthzStatus(id string) string {
+	authz := c.store.GetAuthorizationByID(id)
+	if authz == nil {
+		return ""
+	}
+	authz.RLock()
+	defer authz.RUnlock()
+	return authz.Status
+}
+
 // Close stops the CA's HTTPS server (waiting for requests in flight) and
 // removes the temporary directory it created, if any. Calling it again is a
 // no-op returning the first call's result.

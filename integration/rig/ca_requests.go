@@ -63,6 +63,15 @@ func KindOf(r *http.Request) string {
 	return KindOther
 }
 
+// AuthzID returns the ID of the authorization an authz request (KindAuthz)
+// is for, "" for any other request.
+func AuthzID(r *http.Request) string {
+	if KindOf(r) != KindAuthz {
+		return ""
+	}
+	return strings.TrimPrefix(r.URL.Path, "/authZ/")
+}
+
 // Request is one request the CA received.
 type Request struct {
 	// Kind is the request's kind, one of the Kind constants.

@@ -44,6 +44,10 @@ type CaddyConfig struct {
 	HTTPPort, HTTPSPort int
 	// StorageRoot is the directory of Caddy's file_system storage. Required.
 	StorageRoot string
+	// CountingStorage makes the storage the certflow_rig_counting module
+	// at StorageRoot: the same files, with writes and lists counted
+	// (StorageWrites, StorageLists).
+	CountingStorage bool
 	// AskURL is the on-demand permission endpoint (see StartAsk), required
 	// when a policy is on demand.
 	AskURL string
@@ -112,9 +116,13 @@ func (c CaddyConfig) Build() (map[string]any, error) {
 			"local": map[string]any{"install_trust": false},
 		}}
 	}
+	storage := "file_system"
+	if c.CountingStorage {
+		storage = "certflow_rig_counting"
+	}
 	cfg := map[string]any{
 		"admin":   admin,
-		"storage": map[string]any{"module": "file_system", "root": c.StorageRoot},
+		"storage": map[string]any{"module": storage, "root": c.StorageRoot},
 		"apps":    apps,
 	}
 	if logs := c.logging(); logs != nil {

@@ -46,8 +46,20 @@ func TestReadOwnProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := startRSSSampler(t.Context(), pid)
-	time.Sleep(2 * rssSampleInterval)
+	// the sampler's first sample and one on its interval
+	for deadline := time.Now().Add(10 * time.Second); s.sampled() < 2; time.Sleep(rssSampleInterval / 4) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sampler took %d samples in 10s, want 2", s.sampled())
+		}
+	}
 	if peak, err := s.Stop(); err != nil || peak <= 0 {
 		t.Errorf("sampler Stop = %d, %v", peak, err)
 	}
+}
+
+// sampled is how many samples s has taken so far.
+func (s *rssSampler) sampled() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.samples
 }

@@ -3,11 +3,9 @@ package integration
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -27,24 +25,6 @@ var (
 	caddyBinPath string
 	caddyBinErr  error
 )
-
-func TestMain(m *testing.M) {
-	// in-process Caddy writes its config and data dirs under XDG_*: keep
-	// them in a directory of this run, removed at the end
-	xdg, err := os.MkdirTemp("", "certflow-integration-xdg-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "creating a directory for Caddy's config and data:", err)
-		os.Exit(1)
-	}
-	_ = os.Setenv("XDG_CONFIG_HOME", filepath.Join(xdg, "config"))
-	_ = os.Setenv("XDG_DATA_HOME", filepath.Join(xdg, "data"))
-	code := m.Run()
-	if caddyBinDir != "" {
-		_ = os.RemoveAll(caddyBinDir)
-	}
-	_ = os.RemoveAll(xdg)
-	os.Exit(code)
-}
 
 // caddyBinary returns the path of the project's Caddy binary, building it
 // on the first call.
@@ -77,6 +57,8 @@ type node struct {
 	dir       string
 	starts    int
 	proc      *rig.Process
+	// admin is the node's admin endpoint (host:port), "" when it has none.
+	admin string
 }
 
 func (n *node) addr() string { return fmt.Sprintf("127.0.0.1:%d", n.httpsPort) }
@@ -99,6 +81,8 @@ type procEnv struct {
 type procEnvOptions struct {
 	nodes      []string // node names; the last one is the one the CA validates through
 	authzReuse int
+	// admin gives every node an admin endpoint on a free port.
+	admin bool
 }
 
 func newProcEnv(t *testing.T, o procEnvOptions) *procEnv {
@@ -112,6 +96,13 @@ func newProcEnv(t *testing.T, o procEnvOptions) *procEnv {
 		}
 		if n.httpsPort, err = rig.FreePort(); err != nil {
 			t.Fatal(err)
+		}
+		if o.admin {
+			port, err := rig.FreePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.admin = fmt.Sprintf("127.0.0.1:%d", port)
 		}
 		pe.nodes[name] = n
 		pe.validator = n
@@ -194,6 +185,7 @@ func (pe *procEnv) start(name string) *rig.Process {
 		StorageRoot: pe.storage,
 		AskURL:      pe.askURL,
 		Issuer:      pe.issuer(),
+		AdminListen: n.admin,
 	}
 	b, err := cfg.JSON()
 	if err != nil {
@@ -247,45 +239,10 @@ func (pe *procEnv) resources(kind, name string) []resource {
 	return loadResources(pe.t, pe.storage, kind, name)
 }
 
-func loadResources(t *testing.T, storage, kind, name string) []resource {
-	t.Helper()
-	all, err := rig.LoadResources(storage, kind)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []resource
-	for _, r := range all {
-		if name == "" || r["name"] == name {
-			out = append(out, resource(r))
-		}
-	}
-	// IDs sort by creation time
-	sort.Slice(out, func(i, j int) bool { return out[i].str("id") < out[j].str("id") })
-	return out
-}
-
 // tokenFiles lists the challenge token files left in the shared storage.
 func (pe *procEnv) tokenFiles() []string {
 	matches, _ := filepath.Glob(filepath.Join(pe.storage, "acme", "*", "challenge_tokens", "*.json"))
 	return matches
-}
-
-// nameRecord reads certflow's record of name, nil if there is none.
-func nameRecordOf(t *testing.T, storage, name string) map[string]any {
-	t.Helper()
-	matches, _ := filepath.Glob(filepath.Join(storage, "certflow", "*", "names", name+".json"))
-	if len(matches) == 0 {
-		return nil
-	}
-	b, err := os.ReadFile(matches[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec map[string]any
-	if err := json.Unmarshal(b, &rec); err != nil {
-		t.Fatal(err)
-	}
-	return rec
 }
 
 // caSummary renders the CA's request counts by kind, for the test log.
@@ -323,4 +280,42 @@ func countLines(s, sub string) int {
 		}
 	}
 	return n
+}
+
+// startOtherCaddy runs the project's Caddy binary as a second process on
+// e's storage and CA (its own ports), stopped at the end of the test.
+func startOtherCaddy(t *testing.T, e *env, binary string) *rig.Process {
+	t.Helper()
+	dir := t.TempDir()
+	httpPort, err := rig.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpsPort, err := rig.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rig.CaddyConfig{HTTPPort: httpPort, HTTPSPort: httpsPort, StorageRoot: e.storage, AskURL: e.askURL,
+		Issuer: e.issuer(leftoverQueueSettings), LogLevel: "DEBUG"}
+	b, err := cfg.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "caddy.json")
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := rig.StartProcess(binary, cfgPath, dir, filepath.Join(dir, "caddy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Stop(5 * time.Second); err != nil {
+			t.Logf("stopping the other Caddy: %v", err)
+		}
+	})
+	if err := p.WaitReady(fmt.Sprintf("127.0.0.1:%d", httpsPort), 30*time.Second); err != nil {
+		t.Fatalf("the other Caddy: %v\n%s", err, tail(p.Log(), 40))
+	}
+	return p
 }

@@ -1,0 +1,62 @@
+package integration
+
+import (
+	"testing"
+	"time"
+
+	"github.com/certflow/certflow/integration/rig"
+)
+
+// storageCallsMetric is certflow's count of its own storage calls.
+const storageCallsMetric = "certflow_storage_operations_total"
+
+// maxListsPerNodePass bounds the storage lists a node makes that do not
+// belong to any handshake: its first maintenance pass (3s after start)
+// lists the processes' heartbeats and the challenges for leftovers, and
+// requests, orders and challenges for retention (maintenancePassLists).
+// The passes of every minute after it list the heartbeats and the
+// in-flight index.
+const maxListsPerNodePass = 5
+
+// holdsRefreshEvery is how often, at most, a node that issues lists the
+// stored rate-limit holds (the issuer's holdRefresh): the one list on the
+// handshake path, once per period whatever the number of names.
+const holdsRefreshEvery = 5 * time.Second
+
+// maxListsWhileIssuing bounds the storage lists nodes make while issuing
+// for d: a maintenance pass each, and each node's look at the stored holds
+// once per holdsRefreshEvery (once more for its first). Never one per name.
+func maxListsWhileIssuing(nodes int, d time.Duration) float64 {
+	return float64(nodes * (maxListsPerNodePass + int(d/holdsRefreshEvery) + 1))
+}
+
+// maintenancePassLists is what one maintenance pass lists, by folder: the
+// challenges (for leftovers, then for retention), the requests and the
+// orders. Nothing else certflow does lists these folders.
+var maintenancePassLists = map[string]int64{"challenges": 2, "requests": 1, "orders": 1}
+
+// maintenanceLists snapshots the lists of maintenancePassLists' folders the
+// counting storage (rig.CaddyConfig.CountingStorage) got so far.
+func maintenanceLists() map[string]int64 {
+	out := map[string]int64{}
+	for folder := range maintenancePassLists {
+		out[folder] = rig.StorageLists(folder)
+	}
+	return out
+}
+
+// waitMaintenancePass waits until certflow's maintenance has made a whole
+// pass of lists since the snapshot before: what the pass stores or deletes
+// follows each list at once, so with nothing to trim past the last one,
+// the pass is over.
+func waitMaintenancePass(t *testing.T, before map[string]int64) {
+	t.Helper()
+	waitFor(t, "certflow's maintenance pass", pollMax, func() bool {
+		for folder, n := range maintenancePassLists {
+			if rig.StorageLists(folder)-before[folder] < n {
+				return false
+			}
+		}
+		return true
+	})
+}
