@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"path"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,6 +155,9 @@ func (e *Engine) keepBeating(sp *storePresence, delay time.Duration) {
 	beaters.Add(1)
 	go func() {
 		defer beaters.Add(-1)
+		// the engine's, not the work of the request that started it: it
+		// does not carry that goroutine's profiler labels
+		pprof.SetGoroutineLabels(context.Background())
 		e.beat(sp, delay)
 	}()
 }
