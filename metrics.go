@@ -175,11 +175,17 @@ func init() {
 // issuer instance of a config calls it; all but the first find them
 // registered already, which is fine.
 func registerMetrics(reg prometheus.Registerer) error {
+	return registerCollectors(reg, metrics.allCollectorsList)
+}
+
+// registerCollectors adds collectors to a config's registry; one
+// registered already (by another instance of the config) is fine.
+func registerCollectors(reg prometheus.Registerer, collectors []prometheus.Collector) error {
 	if reg == nil {
 		return nil
 	}
 	var errs []error
-	for _, c := range metrics.allCollectorsList {
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if errors.As(err, &already) {

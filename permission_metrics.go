@@ -1,8 +1,6 @@
 package certflow
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -94,18 +92,5 @@ func init() {
 // registerPermissionMetrics adds the permission module's collectors to a
 // config's registry (already registered is fine).
 func registerPermissionMetrics(reg prometheus.Registerer) error {
-	if reg == nil {
-		return nil
-	}
-	var errs []error
-	for _, c := range permissionMetrics.all {
-		if err := reg.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if errors.As(err, &already) {
-				continue
-			}
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return registerCollectors(reg, permissionMetrics.all)
 }
