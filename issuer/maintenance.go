@@ -153,6 +153,11 @@ func (m *maintenance) run(ctx context.Context, e *Engine) {
 		}
 		if lastTrim.IsZero() || now.Sub(lastTrim) >= retentionInterval {
 			trimHistory(ctx, s, opts, now)
+			if n, err := trimHolds(ctx, s, now); err != nil {
+				opts.Logger.Warn("deleting ended holds", zap.Error(err))
+			} else if n > 0 {
+				opts.Logger.Info("deleted ended holds", zap.Int("deleted", n))
+			}
 			lastTrim = now
 		}
 		wait := leftoverInterval
