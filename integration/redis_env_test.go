@@ -134,8 +134,8 @@ type redisEnv struct {
 	dns        *rig.DNS
 	ca         *rig.CA
 	askURL     string
-	httpLB     *balancer
-	httpsLB    *balancer
+	httpLB     *rig.Balancer
+	httpsLB    *rig.Balancer
 	nodes      []*node
 	fileStore  string    // non-empty: nodes use file_system storage here instead of Redis
 	killedAt   time.Time // when a node was SIGKILLed, if one was
@@ -159,7 +159,7 @@ func newRedisEnv(t *testing.T, o redisEnvOptions) *redisEnv {
 	}
 	re.httpLB, re.httpsLB = startBalancer(t), startBalancer(t)
 	re.adminPorts = map[string]int{}
-	re.usedPorts = map[int]bool{re.httpLB.port: true, re.httpsLB.port: true}
+	re.usedPorts = map[int]bool{re.httpLB.Port: true, re.httpsLB.Port: true}
 	if re.redis != nil {
 		re.usedPorts[re.redis.Port] = true
 	}
@@ -172,10 +172,10 @@ func newRedisEnv(t *testing.T, o redisEnvOptions) *redisEnv {
 		https = append(https, n.addr())
 		http = append(http, fmt.Sprintf("127.0.0.1:%d", n.httpPort))
 	}
-	re.httpsLB.setBackends(https)
-	re.httpLB.setBackends(http)
+	re.httpsLB.SetBackends(https)
+	re.httpLB.SetBackends(http)
 	re.dns = startDNS(t)
-	re.ca = startCA(t, rig.CAOptions{HTTPPort: re.httpLB.port, TLSPort: re.httpsLB.port, DNSAddr: re.dns.Addr})
+	re.ca = startCA(t, rig.CAOptions{HTTPPort: re.httpLB.Port, TLSPort: re.httpsLB.Port, DNSAddr: re.dns.Addr})
 	re.ca.SetFault(pebbleSerializer(nil))
 	re.askURL = startAsk(t, nil)
 	t.Cleanup(func() {
@@ -223,7 +223,7 @@ func (re *redisEnv) freePort() int {
 }
 
 func (re *redisEnv) issuer() map[string]any {
-	iss := nodeIssuer(re.ca, re.dns, re.httpLB.port, re.httpsLB.port)
+	iss := nodeIssuer(re.ca, re.dns, re.httpLB.Port, re.httpsLB.Port)
 	for k, v := range re.issuerOpts {
 		iss[k] = v
 	}
@@ -298,7 +298,7 @@ func (re *redisEnv) backends() (https, http []string) {
 	return https, http
 }
 
-func (re *redisEnv) lbAddr() string { return fmt.Sprintf("127.0.0.1:%d", re.httpsLB.port) }
+func (re *redisEnv) lbAddr() string { return fmt.Sprintf("127.0.0.1:%d", re.httpsLB.Port) }
 
 type hsResult struct {
 	serial   string
