@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/issuer"
 )
 
 // Redis tests run several Caddy processes (integration/redisnode: certflow
@@ -613,27 +615,31 @@ func (re *redisEnv) checkOneOrderEach(names []string, wantOne bool) {
 	}
 }
 
-// storedOrders returns certflow's stored orders of name, oldest first.
+// storedOrders returns certflow's stored orders of name, oldest first,
+// wherever certflow keeps them (issuer.StoredResources).
 func (re *redisEnv) storedOrders(name string) []resource {
 	re.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	keys, err := re.redis.Keys(ctx, re.prefix+"/certflow/*/orders/*.json")
+	view := re.redis.StorageView(re.prefix)
+	keys, err := view.List(ctx, "certflow", false)
 	if err != nil {
 		re.t.Fatal(err)
 	}
 	var out []resource
 	for _, k := range keys {
-		b, err := re.redis.LoadValue(ctx, k)
+		raws, err := issuer.StoredResources(ctx, view, path.Base(k), issuer.KindOrder)
 		if err != nil {
 			re.t.Fatal(err)
 		}
-		var r resource
-		if err := json.Unmarshal(b, &r); err != nil {
-			re.t.Fatalf("decoding %s: %v", k, err)
-		}
-		if r.str("name") == name {
-			out = append(out, r)
+		for _, raw := range raws {
+			var r resource
+			if err := json.Unmarshal(raw, &r); err != nil {
+				re.t.Fatalf("decoding an order: %v", err)
+			}
+			if r.str("name") == name {
+				out = append(out, r)
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].str("id") < out[j].str("id") })
