@@ -14,31 +14,8 @@ import (
 // process-wide, so their values survive config reloads; each config load
 // registers them in its new registry. No label carries a domain name: label
 // values come from small fixed sets (outcomes, challenge types, status
-// classes).
-//
-//	certflow_certificate_requests_total{outcome}            ready | failed
-//	certflow_first_issuances_total{outcome}                  CertificateRequests for a name without a stored certificate
-//	certflow_renewals_total{outcome,reason}                  CertificateRequests that renew one; reason: ari_window |
-//	                                                         lifetime | expired | forced
-//	certflow_order_replaces_total{result}                    new orders sent with replaces (RFC 9773): accepted |
-//	                                                         refused (made again at once without)
-//	certflow_orders_total{outcome,challenge_type}            valid | invalid | errored;
-//	                                                         http-01 | tls-alpn-01 | dns-01 | none | mixed | unknown
-//	certflow_challenges_total{outcome,challenge_type}        valid | invalid | errored
-//	certflow_order_creation_seconds                          new-order request, histogram
-//	certflow_challenge_present_to_valid_seconds{challenge_type}  presented → valid
-//	certflow_challenge_self_check_wait_seconds{challenge_type}   presented → self-checked
-//	certflow_order_finalize_seconds                          processing → valid (finalize and download)
-//	certflow_issuance_seconds{outcome}                       whole CertificateRequest, ready | failed
-//	certflow_backoffs_total                                  a name started backing off, or was held back
-//	certflow_ca_responses_total{status_class}                2xx | 3xx | 4xx | 5xx | error (no response)
-//	certflow_ca_rate_limited_total                           429 responses from the CA
-//	certflow_ca_request_duration_seconds{status_class}       each CA request, histogram
-//	certflow_scheduler_live_challenges                       gauge: challenges scheduled until final
-//	certflow_scheduler_queued_challenges                     gauge: challenges waiting for a slot
-//	certflow_storage_operations_total{operation,outcome}     certflow's own storage calls:
-//	                                                         store | load | delete | exists | list | stat | lock | unlock;
-//	                                                         ok | not_found | error
+// classes). The metrics are listed for users in docs/metrics-and-events.md,
+// which TestDocumentedMetrics holds to the collectors below.
 const metricsNamespace = "certflow"
 
 // stepBuckets cover a fast local CA (tens of milliseconds) up to the
