@@ -295,3 +295,34 @@ func sorted(values ...string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// noChallengeTXT fails the test if BIND serves any _acme-challenge TXT
+// record, read by a zone transfer.
+func noChallengeTXT(t *testing.T, b *rig.BIND) {
+	t.Helper()
+	left, err := b.ZoneTXT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, values := range left {
+		if strings.HasPrefix(name, "_acme-challenge") {
+			t.Fatalf("TXT record left in BIND: %s %q", name, values)
+		}
+	}
+}
+
+// challengeTXT reports whether BIND serves an _acme-challenge TXT record,
+// by a zone transfer.
+func challengeTXT(t *testing.T, b *rig.BIND) bool {
+	t.Helper()
+	left, err := b.ZoneTXT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range left {
+		if strings.HasPrefix(name, "_acme-challenge") {
+			return true
+		}
+	}
+	return false
+}

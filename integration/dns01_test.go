@@ -455,10 +455,12 @@ type caddyJob struct {
 	Name    string          `json:"name"`
 }
 
-// TestHelperProcessCaddy is not a test: run by TestDNS01CaddyRestart in a
-// child process, it runs Caddy with certflow, starts an on-demand handshake,
-// prints a line once the name's dns-01 challenge is stored as presented, and
-// waits to be killed. Without its environment variable it does nothing.
+// TestHelperProcessCaddy is not a test: run by TestDNS01CaddyRestart (and
+// TestDNS01LeftoverAfterKill) in a child process, it runs Caddy with
+// certflow, starts an on-demand handshake, prints a line once the name's
+// dns-01 challenge is stored as presented with the record the provider
+// returned, and waits to be killed. Without its environment variable it
+// does nothing.
 func TestHelperProcessCaddy(t *testing.T) {
 	raw := os.Getenv(helperCaddyEnv)
 	if raw == "" {
@@ -484,7 +486,11 @@ func TestHelperProcessCaddy(t *testing.T) {
 	for time.Now().Before(deadline) {
 		chals, _ := rig.LoadResources(job.Storage, rig.ResourceChallenges)
 		for _, ch := range chals {
-			if ch["name"] == job.Name && ch["state"] == "presented" {
+			// presented, and Present returned: the record the provider
+			// returned is stored (the challenge is stored as presented
+			// with its plan before the record is added)
+			memo, _ := ch["presented"].(map[string]any)
+			if ch["name"] == job.Name && ch["state"] == "presented" && memo["zone"] != nil {
 				fmt.Printf("CERTFLOW-PRESENTED %s\n", ch["id"])
 				// the parent kills this process now: nothing to wait for
 				// but that, bounded
@@ -576,6 +582,7 @@ func TestDNS01CaddyRestart(t *testing.T) {
 	if presentedValue(t, chals[0]) != left[0] {
 		t.Fatalf("BIND has %q, the stored memo another value: %s", left, dump(chals[0]))
 	}
+	deadOwner := chals[0].str("owner")
 
 	// the next process: the same storage, BIND alone as resolver
 	start := time.Now()
@@ -592,6 +599,11 @@ func TestDNS01CaddyRestart(t *testing.T) {
 		t.Fatalf("want the stored challenge resumed, got: %s", dump(chals))
 	}
 	checkDNSChallenge(t, chals[0])
+	// run by the next process: its owner now (maintenance judges it by
+	// that process's heartbeat)
+	if o := chals[0].str("owner"); o == "" || o == deadOwner {
+		t.Errorf("the resumed challenge's owner is %q, the dead process's was %q", o, deadOwner)
+	}
 	if n := b.ca.NewOrders(name); n != 1 {
 		t.Errorf("the CA saw %d new orders for %s, want 1 (the order resumed)", n, name)
 	}

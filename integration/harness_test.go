@@ -247,3 +247,15 @@ func currentScheduler() *issuer.Scheduler {
 }
 
 var idleScheduler = issuer.NewScheduler(issuer.SchedulerLimits{})
+
+// runJSON runs Caddy in this process with a config built by hand.
+func (e *env) runJSON(cfg []byte) {
+	e.t.Helper()
+	if err := rig.RunCaddy(cfg); err != nil {
+		e.t.Fatalf("starting Caddy: %v", err)
+	}
+	if !e.running {
+		e.running = true
+		e.t.Cleanup(func() { _ = rig.StopCaddy() })
+	}
+}

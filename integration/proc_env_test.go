@@ -281,3 +281,41 @@ func countLines(s, sub string) int {
 	}
 	return n
 }
+
+// startOtherCaddy runs the project's Caddy binary as a second process on
+// e's storage and CA (its own ports), stopped at the end of the test.
+func startOtherCaddy(t *testing.T, e *env, binary string) *rig.Process {
+	t.Helper()
+	dir := t.TempDir()
+	httpPort, err := rig.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpsPort, err := rig.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rig.CaddyConfig{HTTPPort: httpPort, HTTPSPort: httpsPort, StorageRoot: e.storage, AskURL: e.askURL,
+		Issuer: e.issuer(leftoverQueueSettings), LogLevel: "DEBUG"}
+	b, err := cfg.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "caddy.json")
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := rig.StartProcess(binary, cfgPath, dir, filepath.Join(dir, "caddy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Stop(5 * time.Second); err != nil {
+			t.Logf("stopping the other Caddy: %v", err)
+		}
+	})
+	if err := p.WaitReady(fmt.Sprintf("127.0.0.1:%d", httpsPort), 30*time.Second); err != nil {
+		t.Fatalf("the other Caddy: %v\n%s", err, tail(p.Log(), 40))
+	}
+	return p
+}

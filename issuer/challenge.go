@@ -44,6 +44,12 @@ func (r *orderRun) solve(ctx context.Context, ch *Challenge, authz acme.Authoriz
 		return c.end(ctx, ChallengeErrored, charge(PartyName, fmt.Errorf("no solver for challenge type %s", ch.Type)))
 	}
 
+	// this engine runs it now (a resumed one too): maintenance, here and
+	// elsewhere, judges it by this process's heartbeat and its own
+	// deadline, set once it is scheduled
+	ch.Owner, ch.Policy, ch.Deadline = w.engine.owner, w.opts.PolicyID, time.Time{}
+	defer w.engine.running(w.store, ch.ID)()
+
 	var key string
 	if k, ok := c.solver.(solvers.ExclusionKeyer); ok {
 		key = k.ExclusionKey(acme.Challenge{Type: ch.Type, Identifier: authz.Identifier, Token: ch.Token})
@@ -195,7 +201,11 @@ func (c *challengeRun) finish(ctx context.Context, state, reason string) error {
 		return c.commit(ctx)
 	}
 	if !c.presented {
-		return c.reach(ctx, state, reason)
+		err := c.reach(ctx, state, reason)
+		if err != nil {
+			c.r.w.engine.reportLeftover(c.r.w.opts, c.ch.ID) // maintenance ends it
+		}
+		return err
 	}
 	c.ch.CleanedUp = true
 	var cleanErr error
@@ -209,6 +219,11 @@ func (c *challengeRun) finish(ctx context.Context, state, reason string) error {
 		if saveErr := c.commit(ctx); saveErr != nil {
 			c.logger.Warn("recording failed clean-up", zap.Error(saveErr))
 		}
+	}
+	if err != nil || cleanErr != nil {
+		// maintenance removes the answer (from what was stored) and
+		// records the end
+		c.r.w.engine.reportLeftover(c.r.w.opts, c.ch.ID)
 	}
 	return err
 }

@@ -48,6 +48,8 @@ type Engine struct {
 
 	maintMu sync.Mutex
 	maint   map[string]*maintenance // by storage identity and issuer key
+
+	presence presence // the challenges this engine runs per store, its heartbeats (owners.go)
 }
 
 // NewEngine returns an engine for the account, reaching the CA with ca (nil:

@@ -112,8 +112,8 @@ func (t *holdTable) refresh(ctx context.Context, s store, now time.Time) {
 }
 
 // loadHolds reads every stored hold of s. It only reads: a hold that does
-// not decode (or has another schema version) is skipped, never set aside,
-// and maintenance deletes it once expired or unreadable.
+// not decode (or has another schema version) is skipped, never set aside;
+// maintenance deletes holds that have ended (trimHolds).
 func loadHolds(ctx context.Context, s store) ([]Hold, error) {
 	ids, err := s.list(ctx, kindHolds)
 	if err != nil {
@@ -273,4 +273,34 @@ func (r Reader) Holds(ctx context.Context, now time.Time) ([]Hold, error) {
 // errHeld is the message of a request refused because a hold covers it.
 func errHeld(h Hold) error {
 	return heldUntil(h.Until, fmt.Sprintf("new orders for %s are held (%s): %s", h.Scope, h.Limit, h.Reason))
+}
+
+// expiredHoldMargin is how long after its end a hold is deleted: longer
+// than any clock skew between the nodes sharing the storage.
+const expiredHoldMargin = time.Hour
+
+// trimHolds deletes the stored holds that ended more than
+// expiredHoldMargin ago, one key at a time. A hold written by a newer
+// certflow (another schema version) or that does not decode is left alone:
+// it may be a rolling upgrade's.
+func trimHolds(ctx context.Context, s store, now time.Time) (deleted int, err error) {
+	ids, err := s.list(ctx, kindHolds)
+	if err != nil {
+		return 0, err
+	}
+	for _, id := range ids {
+		b, err := s.storage.Load(ctx, s.key(kindHolds, id))
+		if err != nil {
+			continue
+		}
+		var h Hold
+		if json.Unmarshal(b, &h) != nil || h.Version != SchemaVersion || h.Until.Add(expiredHoldMargin).After(now) {
+			continue
+		}
+		if err := s.delete(ctx, kindHolds, id); err != nil {
+			return deleted, err
+		}
+		deleted++
+	}
+	return deleted, nil
 }

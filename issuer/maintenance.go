@@ -3,49 +3,82 @@ package issuer
 import (
 	"context"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 )
 
-// maintenance is the background work for one (storage, issuer key): keeping
-// the history within the retention bounds. One per engine and storage.
+// maintenance is the background work of one engine in one store (storage
+// and issuer key): ending challenges whose process is gone and removing
+// their answers (leftovers.go), and keeping the history within the
+// retention bounds.
+//
+// Several policies can share a store (a global cert_issuer and a site's
+// own issuer with a DNS provider): maintenance keeps the latest options of
+// each (by PolicyID), so a leftover is cleaned up with the solver of the
+// policy that presented it, whichever policy's options arrived last.
 type maintenance struct {
 	cancel context.CancelFunc
-	opts   chanOptions
+	wake   chan struct{} // a leftover was reported
+
+	mu       sync.Mutex
+	latest   *Options            // the options that arrived last: the store, logger, retention
+	policies map[string]*Options // the latest options of each policy, by PolicyID
+	arrival  []string            // PolicyIDs, the least recently arrived first
+	watch    map[string]int      // challenges to look at again, with the failed clean-ups of each
 }
 
-type chanOptions chan *Options
-
-// retentionInterval is how often the history is trimmed.
-const retentionInterval = time.Hour
-
-// firstMaintenanceDelay lets the config load finish before the first pass.
-const firstMaintenanceDelay = 3 * time.Second
-
-// abandonMargin is added to the challenge timeout before an unfinished
-// challenge nobody updated is taken as abandoned by a crashed process.
-const abandonMargin = time.Minute
+const (
+	// leftoverInterval is how often maintenance looks for leftovers: the
+	// challenges in flight (their index markers) and those it watches.
+	leftoverInterval = time.Minute
+	// fullListingInterval is how often every stored challenge is looked
+	// at (also at start, and when a process is found gone): an index
+	// marker is written up to 2 s late, so a process that died just after
+	// writing a challenge may have left it without one.
+	fullListingInterval = time.Hour
+	// retentionInterval is how often the history is trimmed.
+	retentionInterval = time.Hour
+	// firstMaintenanceDelay lets the config load finish before the first
+	// pass.
+	firstMaintenanceDelay = 3 * time.Second
+	// reportedLeftoverDelay is how soon a pass follows a leftover reported
+	// by a run of this process (a final state it could not write, an
+	// answer it could not remove).
+	reportedLeftoverDelay = 5 * time.Second
+	// minPassGap is the least time between two passes.
+	minPassGap = time.Second
+	// maxPolicies bounds the policies remembered per store (each reload
+	// with other challenge settings adds one).
+	maxPolicies = 64
+	// maxWatched bounds the challenges watched between listings.
+	maxWatched = 100000
+	// maxQuickCleanUps is how many passes in a row retry a clean-up that
+	// fails before it is left to the hourly listing.
+	maxQuickCleanUps = 10
+)
 
 // StartMaintenance starts (once per storage and issuer key) the background
-// trimming of finished resources, or hands newer options to the running one.
+// clean-up of leftovers and trimming of finished resources, or hands it
+// the options of another policy or newer options.
 func (e *Engine) StartMaintenance(opts *Options) {
-	id := StorageIdentity(opts.Storage) + "|" + opts.IssuerKey
+	s := e.storeFor(opts)
+	id := storeID(s)
 	e.maintMu.Lock()
-	defer e.maintMu.Unlock()
-	if m, ok := e.maint[id]; ok {
-		select {
-		case m.opts <- opts:
-		default:
-		}
-		return
+	m, ok := e.maint[id]
+	if !ok {
+		ctx, cancel := context.WithCancel(context.Background())
+		m = &maintenance{cancel: cancel, wake: make(chan struct{}, 1), policies: map[string]*Options{}, watch: map[string]int{}}
+		e.maint[id] = m
+		defer func() { go m.run(ctx, e) }()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m := &maintenance{cancel: cancel, opts: make(chanOptions, 1)}
-	e.maint[id] = m
-	go m.run(ctx, e, opts)
+	m.setOptions(opts)
+	e.maintMu.Unlock()
+	e.maintained(s, true)
 }
 
 func (e *Engine) stopMaintenance() {
@@ -53,26 +86,87 @@ func (e *Engine) stopMaintenance() {
 	defer e.maintMu.Unlock()
 	for id, m := range e.maint {
 		m.cancel()
+		e.maintained(e.storeFor(m.options()), false)
 		delete(e.maint, id)
 	}
 }
 
-func (m *maintenance) run(ctx context.Context, e *Engine, opts *Options) {
-	// first pass shortly after start, not during the config load
+// reportLeftover hands maintenance a challenge a run of this process
+// could not finish recording or cleaning up: it is looked at within
+// reportedLeftoverDelay.
+func (e *Engine) reportLeftover(opts *Options, id string) {
+	e.maintMu.Lock()
+	m := e.maint[storeID(e.storeFor(opts))]
+	e.maintMu.Unlock()
+	if m == nil {
+		return // no maintenance here: another process's finds it
+	}
+	m.watchID(id)
+	nudge(m.wake)
+}
+
+func (m *maintenance) setOptions(opts *Options) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.latest = opts
+	if i := slices.Index(m.arrival, opts.PolicyID); i >= 0 {
+		m.arrival = slices.Delete(m.arrival, i, i+1)
+	}
+	m.arrival = append(m.arrival, opts.PolicyID)
+	m.policies[opts.PolicyID] = opts
+	if len(m.arrival) > maxPolicies {
+		delete(m.policies, m.arrival[0])
+		m.arrival = m.arrival[1:]
+	}
+}
+
+func (m *maintenance) options() *Options {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.latest
+}
+
+func (m *maintenance) run(ctx context.Context, e *Engine) {
 	timer := time.NewTimer(firstMaintenanceDelay)
 	defer timer.Stop()
+	due := time.Now().Add(firstMaintenanceDelay)
+	var lastFull, lastTrim time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case o := <-m.opts:
-			opts = o
+		case <-m.wake:
+			if time.Until(due) > reportedLeftoverDelay {
+				timer.Reset(reportedLeftoverDelay)
+				due = time.Now().Add(reportedLeftoverDelay)
+			}
+			continue
 		case <-timer.C:
-			s := e.storeFor(opts)
-			cleanUpLeftovers(ctx, s, opts, time.Now())
-			trimHistory(ctx, s, opts, time.Now())
-			timer.Reset(retentionInterval)
 		}
+		now := time.Now()
+		opts := m.options()
+		s := e.storeFor(opts)
+		full := lastFull.IsZero() || now.Sub(lastFull) >= fullListingInterval
+		next, listedAll := m.leftoverPass(ctx, e, s, full, now)
+		if listedAll {
+			lastFull = now
+		}
+		if lastTrim.IsZero() || now.Sub(lastTrim) >= retentionInterval {
+			trimHistory(ctx, s, opts, now)
+			if n, err := trimHolds(ctx, s, now); err != nil {
+				opts.Logger.Warn("deleting ended holds", zap.Error(err))
+			} else if n > 0 {
+				opts.Logger.Info("deleted ended holds", zap.Int("deleted", n))
+			}
+			lastTrim = now
+		}
+		wait := leftoverInterval
+		if !next.IsZero() {
+			// wake when the next watched challenge becomes abandoned
+			wait = min(wait, max(time.Until(next), minPassGap))
+		}
+		timer.Reset(wait)
+		due = time.Now().Add(wait)
 	}
 }
 
@@ -153,50 +247,6 @@ func loadHead(ctx context.Context, s store, kind, id string) (resourceHead, erro
 	var head resourceHead
 	err := s.load(ctx, kind, id, &head)
 	return head, err
-}
-
-// cleanUpLeftovers removes what finished challenges presented but never
-// cleaned up (the process died between the two), and ends challenges that no
-// process has touched for longer than their deadline: the process that ran
-// them is gone. A resumed workflow would otherwise find them; it then starts
-// a new challenge for the authorization.
-func cleanUpLeftovers(ctx context.Context, s store, opts *Options, now time.Time) {
-	ids, err := s.list(ctx, KindChallenge)
-	if err != nil {
-		opts.Logger.Warn("listing challenges for clean-up", zap.Error(err))
-		return
-	}
-	for _, id := range ids {
-		var ch Challenge
-		if err := s.load(ctx, KindChallenge, id, &ch); err != nil {
-			continue
-		}
-		abandoned := !IsFinal(KindChallenge, ch.State) && now.Sub(ch.Updated) > opts.ChallengeTimeout+abandonMargin
-		if ch.CleanedUp || (!IsFinal(KindChallenge, ch.State) && !abandoned) {
-			continue
-		}
-		if !ch.Times.Presented.IsZero() {
-			solver := opts.Solvers[ch.Type]
-			if solver == nil {
-				continue
-			}
-			chal := acme.Challenge{Type: ch.Type, Token: ch.Token, Identifier: identifierFor(ch.Name)}
-			if err := solver.CleanUp(ctx, chal, ch.Presented); err != nil {
-				opts.Logger.Warn("cleaning up a leftover challenge", zapChallenge(ch.ID), zapName(ch.Name), zap.Error(err))
-				continue
-			}
-		}
-		ch.CleanedUp, ch.Updated = true, now
-		if abandoned {
-			ch.State, ch.Reason = ChallengeErrored, "abandoned: no process finished it within its deadline of "+opts.ChallengeTimeout.String()
-			ch.Times.Finished = now
-		}
-		if err := s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, indexUnknown, ch.State, &ch); err != nil {
-			opts.Logger.Warn("recording a leftover challenge's clean-up", zapChallenge(ch.ID), zap.Error(err))
-			continue
-		}
-		opts.Logger.Info("cleaned up a leftover challenge", zapChallenge(ch.ID), zapName(ch.Name), zapState(ch.State))
-	}
 }
 
 // identifierFor rebuilds an ACME identifier from a stored name.

@@ -104,11 +104,9 @@ func (r *orderRun) complete(ctx context.Context) (*certmagic.IssuedCertificate, 
 	return r.finalize(ctx)
 }
 
-// deactivatePending gives up, at the CA, the authorizations of an order
-// certflow will never resume that are still pending, so they do not count
-// against the account's pending authorizations. Valid ones are left alone
-// (deactivating them, as acmez's high-level client does, would end their
-// reuse). It runs in the background, detached from the request.
+// deactivatePending gives up, at the CA, the pending authorizations of an
+// order certflow will never resume (Engine.deactivatePending), in the
+// background, detached from the request.
 func (w *workflow) deactivatePending(ctx context.Context, orderID string, authzURLs []string) {
 	if len(authzURLs) == 0 {
 		return
@@ -116,26 +114,7 @@ func (w *workflow) deactivatePending(ctx context.Context, orderID string, authzU
 	ctx, cancel := detached(ctx)
 	go func() {
 		defer cancel()
-		for _, u := range authzURLs {
-			var authz acme.Authorization
-			err := w.engine.call(ctx, opAuthorization, "reading authorization "+u, callMode{interactive: true}, func(ctx context.Context) error {
-				var err error
-				authz, err = w.engine.ca.GetAuthorization(ctx, w.acct, u)
-				return err
-			})
-			if err != nil || authz.Status != acme.StatusPending {
-				continue
-			}
-			err = w.engine.call(ctx, opDeactivate, "deactivating authorization "+u, callMode{interactive: true}, func(ctx context.Context) error {
-				_, err := w.engine.ca.DeactivateAuthorization(ctx, w.acct, u)
-				return err
-			})
-			if err != nil {
-				w.logger.Warn("deactivating a pending authorization of an abandoned order", zapOrder(orderID), zap.String("authorization", u), zap.Error(err))
-				continue
-			}
-			w.logger.Info("deactivated a pending authorization of an abandoned order", zapOrder(orderID), zap.String("authorization", u))
-		}
+		w.engine.deactivatePending(ctx, w.acct, w.logger, orderID, authzURLs)
 	}()
 }
 

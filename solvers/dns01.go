@@ -116,6 +116,7 @@ type DNS01 struct {
 
 var (
 	_ Solver         = (*DNS01)(nil)
+	_ Planner        = (*DNS01)(nil)
 	_ ExclusionKeyer = (*DNS01)(nil)
 	_ SelfCheckTuner = (*DNS01)(nil)
 )
@@ -137,9 +138,14 @@ func NewDNS01(cfg DNS01Config) *DNS01 {
 // dnsMemo is what Present returns for the engine to persist: the zone and
 // the record as the provider returned it. It holds nothing secret: the
 // record's value is published in the DNS anyway.
+//
+// A plan (see Plan) is a memo written before Present: it has no zone (the
+// zone is looked up when it is needed) and its record's name is fully
+// qualified.
 type dnsMemo struct {
-	Zone   string     `json:"zone"`
-	Record memoRecord `json:"record"`
+	Zone    string     `json:"zone,omitempty"`
+	Record  memoRecord `json:"record"`
+	Planned bool       `json:"planned,omitempty"`
 }
 
 type memoRecord struct {
@@ -310,10 +316,34 @@ func (s *DNS01) findExisting(ctx context.Context, zone string, want libdns.TXT) 
 	return nil, false
 }
 
+// Plan returns what Present will add for chal, before it is added: the
+// record's fully qualified name and our value, without the zone, which
+// Present and CleanUp look up. The engine stores it first, so that if the
+// process dies (or the write of Present's memo fails) after the record was
+// added, CleanUp can still delete it, from any process. It needs no network.
+func (s *DNS01) Plan(chal acme.Challenge) (json.RawMessage, error) {
+	if chal.KeyAuthorization == "" {
+		return nil, errors.New("dns-01: challenge has no key authorization")
+	}
+	fqdn, err := s.recordName(chal)
+	if err != nil {
+		return nil, fmt.Errorf("dns-01: %w", err)
+	}
+	// no TTL: a deletion without one matches whatever TTL the provider set
+	plan, err := json.Marshal(dnsMemo{Planned: true, Record: memoRecord{Name: fqdn, Type: "TXT", Data: chal.DNS01KeyAuthorization()}})
+	if err != nil {
+		return nil, fmt.Errorf("dns-01: encoding the plan: %w", err)
+	}
+	return plan, nil
+}
+
 // CleanUp deletes exactly the record Present added, as recorded in memo, so
 // it works after a restart and on another node. Other values of the same
 // record (another challenge's, another writer's) are left alone. A nil memo
-// means Present never returned: there is nothing of ours to delete.
+// means Present never returned: there is nothing of ours to delete. A plan
+// (Plan) is accepted in place of Present's memo: its zone is found the way
+// Present found it, and only our value is deleted from the record (nothing,
+// if Present never added it).
 func (s *DNS01) CleanUp(ctx context.Context, chal acme.Challenge, memo json.RawMessage) error {
 	s.forget(chal)
 	if len(memo) == 0 || string(memo) == "null" {
@@ -325,6 +355,16 @@ func (s *DNS01) CleanUp(ctx context.Context, chal acme.Challenge, memo json.RawM
 	var m dnsMemo
 	if err := json.Unmarshal(memo, &m); err != nil {
 		return fmt.Errorf("dns-01: decoding what was presented: %w", err)
+	}
+	if m.Planned {
+		if err := checkPlan(m, chal); err != nil {
+			return fmt.Errorf("dns-01: refusing to clean up: %w", err)
+		}
+		zone, err := s.findZone(ctx, m.Record.Name)
+		if err != nil {
+			return fmt.Errorf("dns-01: finding the zone of %s to clean up: %w", m.Record.Name, err)
+		}
+		m.Zone, m.Record.Name = zone, libdns.RelativeName(m.Record.Name, zone)
 	}
 	rec, err := checkMemo(m, chal)
 	if err != nil {
@@ -357,6 +397,24 @@ func checkMemo(m dnsMemo, chal acme.Challenge) (libdns.Record, error) {
 		return nil, errors.New("the stored record's value is not this challenge's")
 	}
 	return r.record()
+}
+
+// checkPlan makes sure a plan names one fully qualified TXT record and a
+// value; checkMemo then checks the value against the challenge's.
+func checkPlan(m dnsMemo, chal acme.Challenge) error {
+	r := m.Record
+	name := strings.TrimSuffix(r.Name, ".")
+	switch {
+	case m.Zone != "":
+		return errors.New("the stored plan names a zone")
+	case !strings.HasSuffix(r.Name, ".") || !isHostname(strings.ToLower(name)):
+		return fmt.Errorf("the stored plan's record name %q is not a fully qualified name", r.Name)
+	case r.Type != "TXT":
+		return fmt.Errorf("the stored plan's record is of type %q, not TXT", r.Type)
+	case r.Data == "":
+		return errors.New("the stored plan's record has no value (deleting it would delete every value)")
+	}
+	return nil
 }
 
 // seenKey identifies a challenge's value at its record.

@@ -543,3 +543,146 @@ func TestDNS01SelfCheckContextCanceled(t *testing.T) {
 		t.Errorf("self-check took %s after its context was canceled", d)
 	}
 }
+
+// TestDNS01Plan: the plan names the record Present will add (fully
+// qualified, our value, no zone, nothing secret) without asking the
+// network, and it refuses what Present would refuse.
+func TestDNS01Plan(t *testing.T) {
+	chal := dnsChallenge(t, "Www.X.test")
+	tests := []struct {
+		name     string
+		cfg      DNS01Config
+		chal     acme.Challenge
+		wantName string
+		wantErr  string
+	}{
+		{"record name", DNS01Config{}, chal, "_acme-challenge.www.x.test.", ""},
+		{"override domain", DNS01Config{OverrideDomain: "Acme.Delegate.test."}, chal, "acme.delegate.test.", ""},
+		{"wildcard", DNS01Config{}, func() acme.Challenge { c := chal; c.Identifier.Value = "*.x.test"; return c }(), "_acme-challenge.x.test.", ""},
+		{"ip identifier", DNS01Config{}, newChallenge(t, acme.ChallengeTypeDNS01, "ip", "192.0.2.1"), "", "cannot be validated with dns-01"},
+		{"no key authorization", DNS01Config{}, func() acme.Challenge { c := chal; c.KeyAuthorization = ""; return c }(), "", "no key authorization"},
+		{"invalid override", DNS01Config{OverrideDomain: "bad name"}, chal, "", "invalid override domain"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// no resolver configured and none reachable: a plan needs none
+			s := NewDNS01(tt.cfg)
+			s.systemResolvers = []string{deadUDPAddr(t)}
+			plan, err := s.Plan(tt.chal)
+			if tt.wantErr != "" {
+				wantErr(t, err, tt.wantErr)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m dnsMemo
+			if err := json.Unmarshal(plan, &m); err != nil {
+				t.Fatal(err)
+			}
+			want := dnsMemo{Planned: true, Record: memoRecord{Name: tt.wantName, Type: "TXT", Data: tt.chal.DNS01KeyAuthorization()}}
+			if m != want {
+				t.Errorf("plan %+v, want %+v", m, want)
+			}
+			if strings.Contains(string(plan), tt.chal.KeyAuthorization) {
+				t.Errorf("plan contains the key authorization: %s", plan)
+			}
+			if strings.Contains(string(plan), `"zone"`) {
+				t.Errorf("plan names a zone: %s", plan)
+			}
+		})
+	}
+}
+
+// TestDNS01CleanUpFromPlan: a process that only has the plan (it died, or
+// the write of Present's memo failed) deletes exactly the value Present
+// added, in the zone it finds the way Present did; with nothing added, it
+// deletes nothing and does not fail; plans that could delete more than our
+// value are refused.
+func TestDNS01CleanUpFromPlan(t *testing.T) {
+	resolver := startZoneServer(t, soaOf("x.test."), soaOf("delegate.test."))
+	prov := newMemProvider()
+	prov.zones["x.test."] = []libdns.RR{{Name: "_acme-challenge.www", Type: "TXT", Data: "another writer", TTL: time.Hour}}
+	newSolver := func(cfg DNS01Config) *DNS01 {
+		cfg.Provider, cfg.TTL, cfg.Resolvers = prov, time.Minute, []string{resolver.addr}
+		return NewDNS01(cfg)
+	}
+	apex, wildcard := dnsChallenge(t, "www.x.test"), dnsChallenge(t, "www.x.test")
+	wildcard.Identifier.Value = "*.www.x.test"
+
+	plan, err := newSolver(DNS01Config{}).Plan(apex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSolver(DNS01Config{})
+	for _, c := range []acme.Challenge{apex, wildcard} {
+		if _, err := s.Present(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// maintenance knows the challenge's token and name, not its key
+	// authorization (that needs the account key)
+	stored := apex
+	stored.KeyAuthorization = ""
+	if err := newSolver(DNS01Config{}).CleanUp(context.Background(), stored, plan); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"another writer", wildcard.DNS01KeyAuthorization()}
+	slices.Sort(want)
+	if got := prov.values("x.test.", "_acme-challenge.www"); !slices.Equal(got, want) {
+		t.Fatalf("after clean-up from the plan: %q, want %q", got, want)
+	}
+	// again, and for a plan Present never carried out: nothing of ours, no error
+	if err := newSolver(DNS01Config{}).CleanUp(context.Background(), apex, plan); err != nil {
+		t.Fatalf("second clean-up: %v", err)
+	}
+	if got := prov.values("x.test.", "_acme-challenge.www"); !slices.Equal(got, want) {
+		t.Fatalf("after a second clean-up: %q, want %q", got, want)
+	}
+
+	// an override domain, in another zone
+	override := DNS01Config{OverrideDomain: "acme.delegate.test"}
+	oplan, err := newSolver(override).Plan(apex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newSolver(override).Present(context.Background(), apex); err != nil {
+		t.Fatal(err)
+	}
+	if err := newSolver(override).CleanUp(context.Background(), stored, oplan); err != nil {
+		t.Fatal(err)
+	}
+	if got := prov.values("delegate.test.", "acme"); len(got) != 0 {
+		t.Fatalf("override record left behind: %q", got)
+	}
+
+	// a zone that cannot be found is an error (maintenance retries)
+	lost, err := newSolver(DNS01Config{}).Plan(dnsChallenge(t, "elsewhere.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = newSolver(DNS01Config{}).CleanUp(context.Background(), dnsChallenge(t, "elsewhere.example"), lost)
+	wantErr(t, err, "finding the zone of _acme-challenge.elsewhere.example.")
+
+	deletes := prov.deletes
+	for name, bad := range map[string]dnsMemo{
+		"empty data":      {Planned: true, Record: memoRecord{Name: "_acme-challenge.www.x.test.", Type: "TXT"}},
+		"empty type":      {Planned: true, Record: memoRecord{Name: "_acme-challenge.www.x.test.", Data: apex.DNS01KeyAuthorization()}},
+		"relative name":   {Planned: true, Record: memoRecord{Name: "_acme-challenge.www", Type: "TXT", Data: apex.DNS01KeyAuthorization()}},
+		"no name":         {Planned: true, Record: memoRecord{Type: "TXT", Data: apex.DNS01KeyAuthorization()}},
+		"another's value": {Planned: true, Record: memoRecord{Name: "_acme-challenge.www.x.test.", Type: "TXT", Data: "another writer"}},
+		"a zone as well":  {Planned: true, Zone: "x.test.", Record: memoRecord{Name: "_acme-challenge.www.x.test.", Type: "TXT", Data: apex.DNS01KeyAuthorization()}},
+	} {
+		b, _ := json.Marshal(bad)
+		err := newSolver(DNS01Config{}).CleanUp(context.Background(), apex, b)
+		if err == nil || !strings.Contains(err.Error(), "refusing to clean up") {
+			t.Errorf("%s: clean-up error %v, want a refusal", name, err)
+		}
+	}
+	if prov.deletes != deletes {
+		t.Errorf("refused clean-ups reached the provider")
+	}
+	if got := prov.values("x.test.", "_acme-challenge.www"); !slices.Equal(got, want) {
+		t.Fatalf("after refused clean-ups: %q, want %q", got, want)
+	}
+}

@@ -61,11 +61,13 @@ func RunCaddy(cfgJSON []byte) error {
 }
 
 // StopCaddy stops this process's Caddy instance and all its apps, and waits
-// for the index updates certflow queued to be written, so nothing writes to
-// the storage once it returns (a test may remove it next).
+// for the index updates certflow queued to be written and for its
+// heartbeats to stop, so nothing writes to the storage once it returns (a
+// test may remove it next).
 func StopCaddy() error {
 	err := caddy.Stop()
 	issuer.FlushIndex(30 * time.Second)
+	issuer.AwaitHeartbeatsStopped(30 * time.Second)
 	if err != nil {
 		return fmt.Errorf("stopping Caddy: %w", err)
 	}
