@@ -12,11 +12,11 @@ const storageCallsMetric = "certflow_storage_operations_total"
 
 // maxListsPerNodePass bounds the storage lists a node makes that do not
 // belong to any handshake: its first maintenance pass (3s after start)
-// lists the processes' heartbeats and the challenges for leftovers, and
-// requests, orders and challenges for retention (maintenancePassLists).
-// The passes of every minute after it list the heartbeats and the
-// in-flight index.
-const maxListsPerNodePass = 5
+// lists the processes' heartbeats and the challenges for leftovers,
+// requests, orders and challenges for retention (maintenancePassLists),
+// and the holds for those that ended. The passes of every minute after it
+// list the heartbeats and the in-flight index.
+const maxListsPerNodePass = 6
 
 // holdsRefreshEvery is how often, at most, a node that issues lists the
 // stored rate-limit holds (the issuer's holdRefresh): the one list on the
