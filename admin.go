@@ -566,6 +566,12 @@ func (a *adminAPI) handleRetry(w http.ResponseWriter, r *http.Request, rawName s
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%w: %s", issuer.ErrUnknownName, name)}
 	}
 	forgetInIssuers(name)
+	for _, s := range srcs { // the other nodes forget it too (cachesync.go)
+		if err := noteCleared(r.Context(), s.storage, s.issuerKey, name); err != nil {
+			a.log().Warn("noting the cleared name for the other nodes; they forget its backoff when it ends",
+				zap.String("name", name), zap.Error(err))
+		}
+	}
 	a.log().Info("cleared failure backoff", zap.String("name", name))
 	st, err := a.status(r.Context(), name)
 	if err != nil {

@@ -2,6 +2,8 @@ package certflow
 
 import (
 	"time"
+
+	"github.com/certflow/certflow/issuer"
 )
 
 // What certflow's issuers of this process would refuse now, answered from
@@ -57,11 +59,13 @@ func (iss *Issuer) refusal(name string, now time.Time) (Refusal, bool) {
 }
 
 // forgetInIssuers drops what every issuer instance of this process
-// remembers of name's backoff (after an operator cleared it in storage).
+// remembers of name's backoff and own hold (after an operator cleared
+// them in storage).
 func forgetInIssuers(name string) {
 	for _, iss := range registeredIssuers() {
 		if iss.engine != nil {
 			iss.engine.Forget(iss.issuerKey, name)
+			iss.engine.ForgetHold(issuer.NameHoldKey(name))
 		}
 	}
 }

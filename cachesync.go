@@ -36,7 +36,10 @@ import (
 //     replaced certificate of in its cache.
 //
 // A certificate certmagic renews itself (when it is due) is replaced in
-// the cache by certmagic on every node, when each finds it due.
+// the cache by certmagic on every node, when each finds it due. The same
+// journal carries the names an operator cleared (POST
+// /certflow/retry/<name>): every node forgets its in-memory backoff and
+// holds of them within RenewalServedWithin.
 //
 // certmagic's cache is reachable from outside only through a Config, whose
 // pointer to it is unexported (certmagic v0.25.6, Config.certCache): it is
@@ -60,10 +63,22 @@ const (
 	journalLockPrefix = "certflow_renewals_"
 )
 
-// renewalJournal is the stored journal of forced renewals.
+// renewalJournal is the stored journal of what every node must learn at
+// once: forced renewals, and names an operator cleared.
 type renewalJournal struct {
 	Version  int            `json:"version"`
 	Renewals []renewedEntry `json:"renewals"`
+	// Cleared are names whose backoff and own hold were cleared (POST
+	// /certflow/retry/<name>) on some node: every node forgets what it
+	// remembers of them (its in-memory backoff and holds, which PreCheck
+	// and the permission module answer from).
+	Cleared []clearedEntry `json:"cleared,omitempty"`
+}
+
+// clearedEntry is one name cleared by an operator, and when.
+type clearedEntry struct {
+	Name string    `json:"name"`
+	At   time.Time `json:"at"`
 }
 
 // renewedEntry is one forced renewal: the name, the serial (hex) of the
@@ -234,11 +249,46 @@ func noteRenewal(ctx context.Context, storage certmagic.Storage, stateKey string
 	if len(kept) > journalMaxEntries {
 		kept = kept[len(kept)-journalMaxEntries:]
 	}
-	b, err := json.Marshal(renewalJournal{Version: 1, Renewals: kept})
+	j.Renewals = kept
+	return storeJournal(ctx, storage, stateKey, j)
+}
+
+// storeJournal writes the journal of stateKey; the caller holds its lock.
+func storeJournal(ctx context.Context, storage certmagic.Storage, stateKey string, j renewalJournal) error {
+	j.Version = 1
+	b, err := json.Marshal(j)
 	if err != nil {
 		return err
 	}
 	return storage.Store(ctx, journalKey(stateKey), b)
+}
+
+// noteCleared adds a name an operator cleared to the journal of stateKey,
+// under the journal's lock, pruning old entries.
+func noteCleared(ctx context.Context, storage certmagic.Storage, stateKey, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	lock := journalLockPrefix + certmagic.StorageKeys.Safe(stateKey)
+	if err := storage.Lock(ctx, lock); err != nil {
+		return err
+	}
+	defer func() { _ = storage.Unlock(context.WithoutCancel(ctx), lock) }()
+	j, err := loadJournal(ctx, storage, stateKey)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		j = renewalJournal{}
+	}
+	now := time.Now().UTC()
+	kept := j.Cleared[:0]
+	for _, c := range j.Cleared {
+		if c.Name != name && c.At.After(now.Add(-journalMaxAge)) {
+			kept = append(kept, c)
+		}
+	}
+	j.Cleared = append(kept, clearedEntry{Name: name, At: now})
+	if len(j.Cleared) > journalMaxEntries {
+		j.Cleared = j.Cleared[len(j.Cleared)-journalMaxEntries:]
+	}
+	return storeJournal(ctx, storage, stateKey, j)
 }
 
 func loadJournal(ctx context.Context, storage certmagic.Storage, stateKey string) (renewalJournal, error) {
@@ -334,6 +384,16 @@ func (s *renewalSync) pass(ctx context.Context, logger *zap.Logger) {
 			s.mu.Lock()
 			s.applied[key] = e.Serial
 			s.mu.Unlock()
+		}
+		for _, c := range j.Cleared {
+			key, at := src+"|cleared|"+c.Name, c.At.Format(time.RFC3339Nano)
+			s.mu.Lock()
+			done := s.applied[key] == at
+			s.applied[key] = at
+			s.mu.Unlock()
+			if !done {
+				forgetInIssuers(c.Name)
+			}
 		}
 	}
 	s.mu.Lock()

@@ -14,31 +14,8 @@ import (
 // process-wide, so their values survive config reloads; each config load
 // registers them in its new registry. No label carries a domain name: label
 // values come from small fixed sets (outcomes, challenge types, status
-// classes).
-//
-//	certflow_certificate_requests_total{outcome}            ready | failed
-//	certflow_first_issuances_total{outcome}                  CertificateRequests for a name without a stored certificate
-//	certflow_renewals_total{outcome,reason}                  CertificateRequests that renew one; reason: ari_window |
-//	                                                         lifetime | expired | forced
-//	certflow_order_replaces_total{result}                    new orders sent with replaces (RFC 9773): accepted |
-//	                                                         refused (made again at once without)
-//	certflow_orders_total{outcome,challenge_type}            valid | invalid | errored;
-//	                                                         http-01 | tls-alpn-01 | dns-01 | none | mixed | unknown
-//	certflow_challenges_total{outcome,challenge_type}        valid | invalid | errored
-//	certflow_order_creation_seconds                          new-order request, histogram
-//	certflow_challenge_present_to_valid_seconds{challenge_type}  presented → valid
-//	certflow_challenge_self_check_wait_seconds{challenge_type}   presented → self-checked
-//	certflow_order_finalize_seconds                          processing → valid (finalize and download)
-//	certflow_issuance_seconds{outcome}                       whole CertificateRequest, ready | failed
-//	certflow_backoffs_total                                  a name started backing off, or was held back
-//	certflow_ca_responses_total{status_class}                2xx | 3xx | 4xx | 5xx | error (no response)
-//	certflow_ca_rate_limited_total                           429 responses from the CA
-//	certflow_ca_request_duration_seconds{status_class}       each CA request, histogram
-//	certflow_scheduler_live_challenges                       gauge: challenges scheduled until final
-//	certflow_scheduler_queued_challenges                     gauge: challenges waiting for a slot
-//	certflow_storage_operations_total{operation,outcome}     certflow's own storage calls:
-//	                                                         store | load | delete | exists | list | stat | lock | unlock;
-//	                                                         ok | not_found | error
+// classes). The metrics are listed for users in docs/metrics-and-events.md,
+// which TestDocumentedMetrics holds to the collectors below.
 const metricsNamespace = "certflow"
 
 // stepBuckets cover a fast local CA (tens of milliseconds) up to the
@@ -48,7 +25,8 @@ var stepBuckets = []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 // caBuckets are for single HTTP requests to the CA.
 var caBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
-var metrics = struct {
+// metricSet holds certflow's collectors.
+type metricSet struct {
 	requests          *prometheus.CounterVec
 	firstIssuances    *prometheus.CounterVec
 	renewals          *prometheus.CounterVec
@@ -69,76 +47,86 @@ var metrics = struct {
 	storageOps        *prometheus.CounterVec
 	storageCalls      [][]prometheus.Counter // storageOps' series by operation and outcome, resolved once: a call costs an atomic add
 	allCollectorsList []prometheus.Collector
-}{}
+}
+
+var metrics metricSet
 
 func init() {
 	m := &metrics
-	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "certificate_requests_total",
-		Help: "CertificateRequests that finished, by outcome (ready, failed).",
-	}, []string{"outcome"})
-	m.firstIssuances = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "first_issuances_total",
-		Help: "CertificateRequests for a name that had no certificate stored, by outcome (ready, failed).",
-	}, []string{"outcome"})
-	m.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "renewals_total",
-		Help: "CertificateRequests that renewed a stored certificate, by outcome (ready, failed) and why it was renewed (ari_window, lifetime, expired, forced).",
-	}, []string{"outcome", "reason"})
-	m.orderReplaces = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "order_replaces_total",
-		Help: "New orders sent with replaces (RFC 9773), by result: accepted by the CA, or refused and made again at once without.",
-	}, []string{"result"})
-	m.orders = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "orders_total",
-		Help: "ACME orders that reached a final state, by outcome (valid, invalid, errored) and the type of the challenges they needed (none when every authorization was reused).",
-	}, []string{"outcome", "challenge_type"})
-	m.challenges = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "challenges_total",
-		Help: "Challenges that reached a final state, by outcome (valid, invalid, errored) and challenge type.",
-	}, []string{"outcome", "challenge_type"})
-	m.orderCreation = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: metricsNamespace, Name: "order_creation_seconds",
-		Help:    "Time to create an ACME order (the new-order request, including waits for the account's order rate limit).",
-		Buckets: stepBuckets,
-	})
-	m.presentToValid = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: metricsNamespace, Name: "challenge_present_to_valid_seconds",
-		Help:    "Time from presenting a challenge to the CA declaring it valid.",
-		Buckets: stepBuckets,
-	}, []string{"challenge_type"})
-	m.selfCheckWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: metricsNamespace, Name: "challenge_self_check_wait_seconds",
-		Help:    "Time from presenting a challenge until its self-check passed (including any propagation delay).",
-		Buckets: stepBuckets,
-	}, []string{"challenge_type"})
-	m.finalize = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: metricsNamespace, Name: "order_finalize_seconds",
-		Help:    "Time to finalize an order and download its certificate chain.",
-		Buckets: stepBuckets,
-	})
-	m.issuance = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: metricsNamespace, Name: "issuance_seconds",
-		Help:    "Time of a whole CertificateRequest, from Issue to the chain or the failure, by outcome (ready, failed).",
-		Buckets: stepBuckets,
-	}, []string{"outcome"})
-	m.backoffs = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "backoffs_total",
-		Help: "Times a name started backing off after a failure, or was held back by a rate limit or the CA's Retry-After.",
-	})
-	m.caResponses = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "ca_responses_total",
-		Help: "HTTP responses from the ACME CA by status class (2xx, 3xx, 4xx, 5xx; error when no response arrived).",
-	}, []string{"status_class"})
-	m.caRateLimited = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "ca_rate_limited_total",
-		Help: "HTTP 429 (rate limited) responses from the ACME CA; also counted in certflow_ca_responses_total{status_class=\"4xx\"}.",
-	})
-	m.caDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: metricsNamespace, Name: "ca_request_duration_seconds",
-		Help:    "Duration of HTTP requests to the ACME CA, by status class.",
-		Buckets: caBuckets,
-	}, []string{"status_class"})
+	m.initOutcomes()
+	m.initDurations()
+	m.initCA()
+	m.initScheduler()
+	m.initStorage()
+	m.allCollectorsList = []prometheus.Collector{
+		m.requests, m.firstIssuances, m.renewals, m.orderReplaces, m.orders, m.challenges, m.orderCreation, m.presentToValid, m.selfCheckWait,
+		m.finalize, m.issuance, m.backoffs, m.caResponses, m.caRateLimited, m.caDuration,
+		m.schedulerLive, m.schedulerQueued, m.storageOps,
+	}
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Name: name, Help: help}, labels)
+}
+
+func histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: metricsNamespace, Name: name, Help: help, Buckets: buckets}, labels)
+}
+
+func histogram(name, help string, buckets []float64) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metricsNamespace, Name: name, Help: help, Buckets: buckets})
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: metricsNamespace, Name: name, Help: help})
+}
+
+// initOutcomes: how requests, orders and challenges ended.
+func (m *metricSet) initOutcomes() {
+	m.requests = counterVec("certificate_requests_total",
+		"CertificateRequests that finished, by outcome (ready, failed).", "outcome")
+	m.firstIssuances = counterVec("first_issuances_total",
+		"CertificateRequests for a name that had no certificate stored, by outcome (ready, failed).", "outcome")
+	m.renewals = counterVec("renewals_total",
+		"CertificateRequests that renewed a stored certificate, by outcome (ready, failed) and why it was renewed (ari_window, lifetime, expired, forced).",
+		"outcome", "reason")
+	m.orderReplaces = counterVec("order_replaces_total",
+		"New orders sent with replaces (RFC 9773), by result: accepted by the CA, or refused and made again at once without.", "result")
+	m.orders = counterVec("orders_total",
+		"ACME orders that reached a final state, by outcome (valid, invalid, errored) and the type of the challenges they needed (none when every authorization was reused).",
+		"outcome", "challenge_type")
+	m.challenges = counterVec("challenges_total",
+		"Challenges that reached a final state, by outcome (valid, invalid, errored) and challenge type.", "outcome", "challenge_type")
+	m.backoffs = counter("backoffs_total",
+		"Times a name started backing off after a failure, or was held back by a rate limit or the CA's Retry-After.")
+}
+
+// initDurations: how long the workflow's steps took.
+func (m *metricSet) initDurations() {
+	m.orderCreation = histogram("order_creation_seconds",
+		"Time to create an ACME order (the new-order request, including waits for the account's order rate limit).", stepBuckets)
+	m.presentToValid = histogramVec("challenge_present_to_valid_seconds",
+		"Time from presenting a challenge to the CA declaring it valid.", stepBuckets, "challenge_type")
+	m.selfCheckWait = histogramVec("challenge_self_check_wait_seconds",
+		"Time from presenting a challenge until its self-check passed (including any propagation delay).", stepBuckets, "challenge_type")
+	m.finalize = histogram("order_finalize_seconds",
+		"Time to finalize an order and download its certificate chain.", stepBuckets)
+	m.issuance = histogramVec("issuance_seconds",
+		"Time of a whole CertificateRequest, from Issue to the chain or the failure, by outcome (ready, failed).", stepBuckets, "outcome")
+}
+
+// initCA: what the CA answered, and how fast.
+func (m *metricSet) initCA() {
+	m.caResponses = counterVec("ca_responses_total",
+		"HTTP responses from the ACME CA by status class (2xx, 3xx, 4xx, 5xx; error when no response arrived).", "status_class")
+	m.caRateLimited = counter("ca_rate_limited_total",
+		"HTTP 429 (rate limited) responses from the ACME CA; also counted in certflow_ca_responses_total{status_class=\"4xx\"}.")
+	m.caDuration = histogramVec("ca_request_duration_seconds",
+		"Duration of HTTP requests to the ACME CA, by status class.", caBuckets, "status_class")
+}
+
+// initScheduler: the process's challenge scheduler, read when scraped.
+func (m *metricSet) initScheduler() {
 	m.schedulerLive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: metricsNamespace, Name: "scheduler_live_challenges",
 		Help: "Challenges in flight (scheduled until final) in this process.",
@@ -153,21 +141,19 @@ func init() {
 		_, queued := schedulerStats()
 		return float64(queued)
 	})
-	m.storageOps = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "storage_operations_total",
-		Help: "certflow's own calls to its certmagic storage (resources, index, tokens, locks, admin reads; not certmagic's), by operation and outcome (ok, not_found, error). Some backends answer not_found when they cannot be reached.",
-	}, []string{"operation", "outcome"})
+}
+
+// initStorage: certflow's own storage calls, every series made up front.
+func (m *metricSet) initStorage() {
+	m.storageOps = counterVec("storage_operations_total",
+		"certflow's own calls to its certmagic storage (resources, index, tokens, locks, admin reads; not certmagic's), by operation and outcome (ok, not_found, error). Some backends answer not_found when they cannot be reached.",
+		"operation", "outcome")
 	for _, op := range issuer.StorageOps() {
 		row := make([]prometheus.Counter, len(issuer.StorageOutcomes()))
 		for _, outcome := range issuer.StorageOutcomes() {
 			row[outcome] = m.storageOps.WithLabelValues(op.String(), outcome.String())
 		}
 		m.storageCalls = append(m.storageCalls, row)
-	}
-	m.allCollectorsList = []prometheus.Collector{
-		m.requests, m.firstIssuances, m.renewals, m.orderReplaces, m.orders, m.challenges, m.orderCreation, m.presentToValid, m.selfCheckWait,
-		m.finalize, m.issuance, m.backoffs, m.caResponses, m.caRateLimited, m.caDuration,
-		m.schedulerLive, m.schedulerQueued, m.storageOps,
 	}
 }
 

@@ -6,17 +6,8 @@ import (
 
 // Metrics of the permission module (tls.permission.certflow), on Caddy's
 // registry like certflow's other metrics. No label carries a name or a
-// client address.
-//
-//	certflow_admission_asks_total{outcome}            allowed | denied | error
-//	certflow_admission_ask_duration_seconds{outcome}  each ask, histogram
-//	certflow_admission_asks_in_flight                 gauge
-//	certflow_admission_cache_total{result}            hit | miss
-//	certflow_admission_cache_entries                  gauge: cached answers, all configs
-//	certflow_admission_refusals_total{reason}         denied (by the endpoint, fresh or cached) |
-//	                                                  held (its backoff, a rate-limit hold, an open circuit) |
-//	                                                  cannot_issue (certflow can never obtain it) |
-//	                                                  client_budget | ask_error | ask_busy
+// client address. They are listed for users in docs/metrics-and-events.md
+// (TestDocumentedMetrics).
 const (
 	askOutcomeAllowed = "allowed"
 	askOutcomeDenied  = "denied"

@@ -37,7 +37,9 @@ type Engine struct {
 	limiterMu sync.Mutex
 	limiter   *orderLimiter // nil when there is no order rate limit
 
-	holdTables sync.Map     // by storage identity and issuer key: *holdTable
+	holdTables sync.Map      // by storage identity and issuer key: *holdTable
+	stopped    chan struct{} // closed by Destruct: the holds' watchers end
+	stopOnce   sync.Once
 	watch      accountWatch // 429s of unrecognised scope; probing after an account hold
 
 	health sync.Map // by storage identity and issuer key: *storeHealth
@@ -75,6 +77,7 @@ func NewEngine(cfg AccountConfig, ca CA, scheduler *Scheduler, logger *zap.Logge
 		logger:    logger,
 		scheduler: scheduler,
 		breaker:   newBreaker(),
+		stopped:   make(chan struct{}),
 		maint:     map[string]*maintenance{},
 	}, nil
 }
@@ -102,6 +105,7 @@ func (e *Engine) orderLimiter() *orderLimiter {
 // interrupted.
 func (e *Engine) Destruct() error {
 	e.stopMaintenance()
+	e.stopOnce.Do(func() { close(e.stopped) })
 	return nil
 }
 

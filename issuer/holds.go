@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -49,25 +50,77 @@ func (h Hold) activeAt(now time.Time) bool { return h.Until.After(now) }
 
 // holdTable is this process's view of the holds of one store.
 type holdTable struct {
-	mu      sync.Mutex
-	holds   map[string]Hold // by scope key
-	loaded  time.Time       // when storage was last listed
-	gen     uint64          // bumped by every local change
-	changed map[string]uint64
+	mu       sync.Mutex
+	holds    map[string]Hold // by scope key
+	loaded   time.Time       // when storage was last listed
+	gen      uint64          // bumped by every local change
+	changed  map[string]uint64
+	s        store           // the latest store the table was used with, for watch
+	watching bool            // watch's goroutine runs
+	stopped  <-chan struct{} // the engine's: closed when it is destructed
 }
 
-func newHoldTable() *holdTable {
-	return &holdTable{holds: map[string]Hold{}, changed: map[string]uint64{}}
+func newHoldTable(stopped <-chan struct{}) *holdTable {
+	return &holdTable{holds: map[string]Hold{}, changed: map[string]uint64{}, stopped: stopped}
 }
 
-// holdsFor returns the engine's hold table for a store.
+// holdsFor returns the engine's hold table for a store, and keeps it fresh
+// while it holds anything (watch).
 func (e *Engine) holdsFor(s store) *holdTable {
 	id := StorageIdentity(s.storage) + "|" + s.issuerKey
-	if t, ok := e.holdTables.Load(id); ok {
-		return t.(*holdTable)
+	v, ok := e.holdTables.Load(id)
+	if !ok {
+		v, _ = e.holdTables.LoadOrStore(id, newHoldTable(e.stopped))
 	}
-	t, _ := e.holdTables.LoadOrStore(id, newHoldTable())
-	return t.(*holdTable)
+	t := v.(*holdTable)
+	t.mu.Lock()
+	t.s = s
+	t.mu.Unlock()
+	return t
+}
+
+// watchLocked starts watch when the view holds anything and it does not
+// run; t.mu is held.
+func (t *holdTable) watchLocked() {
+	if t.watching || len(t.holds) == 0 {
+		return
+	}
+	t.watching = true
+	go t.watch()
+}
+
+// watch lists the stored holds every holdRefresh while the view holds any,
+// so that a hold cleared (through any node's admin API) or ended is
+// dropped here within holdRefresh even when no request of this node reads
+// the holds: PreCheck and the permission module answer from the view
+// alone, and a refusal of theirs means no request ever refreshes it.
+func (t *holdTable) watch() {
+	// the engine's, not the work of the request that started it
+	pprof.SetGoroutineLabels(context.Background())
+	tick := time.NewTicker(holdRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stopped:
+			t.mu.Lock()
+			t.watching = false
+			t.mu.Unlock()
+			return
+		case <-tick.C:
+		}
+		t.mu.Lock()
+		s, empty := t.s, len(t.holds) == 0
+		if empty {
+			t.watching = false
+		}
+		t.mu.Unlock()
+		if empty {
+			return // started again by the next put or refresh that finds a hold
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+		t.refresh(ctx, s, time.Now())
+		cancel()
+	}
 }
 
 // refresh lists the stored holds if the view is older than holdRefresh. A
@@ -75,6 +128,7 @@ func (e *Engine) holdsFor(s store) *holdTable {
 // again if a hold was missed.
 func (t *holdTable) refresh(ctx context.Context, s store, now time.Time) {
 	t.mu.Lock()
+	t.s = s
 	if now.Sub(t.loaded) < holdRefresh {
 		t.mu.Unlock()
 		return
@@ -109,6 +163,7 @@ func (t *holdTable) refresh(ctx context.Context, s store, now time.Time) {
 	}
 	t.holds = next
 	t.changed = map[string]uint64{}
+	t.watchLocked()
 }
 
 // loadHolds reads every stored hold of s. It only reads: a hold that does
@@ -172,6 +227,8 @@ func (t *holdTable) put(ctx context.Context, s store, h Hold) error {
 	t.holds[key] = h
 	t.gen++
 	t.changed[key] = t.gen
+	t.s = s
+	t.watchLocked()
 	t.mu.Unlock()
 
 	if b, err := s.storage.Load(ctx, s.key(kindHolds, key)); err == nil {

@@ -41,3 +41,40 @@ func TestTrimHolds(t *testing.T) {
 		}
 	}
 }
+
+// TestHoldsWatchDropsClearedHolds: a hold cleared in storage (by another
+// node's admin API) leaves this process's view within a refresh period
+// although nothing here reads the holds meanwhile (PreCheck and the
+// permission module answer from the view alone).
+func TestHoldsWatchDropsClearedHolds(t *testing.T) {
+	ctx := context.Background()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	s := store{storage: newMemStorage(), issuerKey: "certflow-watch"}
+	table := newHoldTable(stopped)
+	h := Hold{Scope: HoldScope{ScopeDomain, "example.com"}, Until: time.Now().Add(time.Hour), Reason: "429"}
+	if err := table.put(ctx, s, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, held := table.covering([]string{"a.example.com"}, "acct", time.Now()); !held {
+		t.Fatal("the hold is not in the view")
+	}
+	if err := s.delete(ctx, kindHolds, h.Scope.Key()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2*holdRefresh + time.Second)
+	for {
+		if _, held := table.covering([]string{"a.example.com"}, "acct", time.Now()); !held {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cleared hold is still in the view after %s", 2*holdRefresh)
+		}
+		time.Sleep(50 * time.Millisecond) // the watch runs on its own period: polled, bounded
+	}
+	waitUntil(t, "the watch to end once the view is empty", func() bool {
+		table.mu.Lock()
+		defer table.mu.Unlock()
+		return !table.watching
+	})
+}

@@ -37,7 +37,7 @@ type SaveRule struct {
 }
 
 // SaveRules lists, per kind of resource and state, where reaching it is
-// written (docs/storage.md shows the same table).
+// written (the README shows the same table, checked by a test).
 var SaveRules = map[string]map[string]SaveRule{
 	KindRequest: {
 		RequestPending: {WrittenInName, "with the order it produces, in the name's record: a restart resumes the order; a request that waits for a hold is written in its own record, so the wait is visible"},

@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,13 +215,20 @@ func init() {
 // storageWrites counts the writes of every CountingStorage of the process.
 var storageWrites struct {
 	stores, deletes, locks atomic.Int64
+	heartbeats             atomic.Int64 // Stores of a process's heartbeat record
 }
 
 // StorageWrites returns how many Store, Delete and Lock/TryLock calls the
-// CountingStorage modules of this process got so far.
+// CountingStorage modules of this process got so far. Stores of certflow's
+// heartbeat records (owners/, written every 30 s whatever the traffic) are
+// not counted here but by HeartbeatWrites.
 func StorageWrites() (stores, deletes, locks int64) {
 	return storageWrites.stores.Load(), storageWrites.deletes.Load(), storageWrites.locks.Load()
 }
+
+// HeartbeatWrites returns how many heartbeat records the CountingStorage
+// modules stored so far.
+func HeartbeatWrites() int64 { return storageWrites.heartbeats.Load() }
 
 // CountingStorage is the storage module caddy.storage.certflow_rig_counting:
 // Caddy's file_system storage at Root whose writes (Store, Delete, and
@@ -252,7 +260,11 @@ type countingFileStorage struct {
 }
 
 func (c *countingFileStorage) Store(ctx context.Context, key string, value []byte) error {
-	storageWrites.stores.Add(1)
+	if strings.Contains(key, "/owners/") {
+		storageWrites.heartbeats.Add(1)
+	} else {
+		storageWrites.stores.Add(1)
+	}
 	return c.FileStorage.Store(ctx, key, value)
 }
 
