@@ -317,8 +317,9 @@ func trimHistory(ctx context.Context, s store, opts *Options, now time.Time) (ol
 // its order with, and that order, as they were in flight (a successful
 // issuance does not write the record again); with the request's own
 // record gone, they would read as in flight. They are dropped; a record
-// left with nothing to remember (no backoff it could have been given is
-// in force, no order to resume) is deleted: the name is forgotten.
+// left with nothing to remember (no order to resume, and past its time:
+// nameExpiry) is deleted: the name is forgotten. One not past its time is
+// kept for its expiry note (nameexpiry.go).
 func forgetTrimmed(ctx context.Context, s store, trimmed map[string][]CertificateRequest, terms expiryTerms, logger *zap.Logger, now time.Time) {
 	forgotten := 0
 	for name, crs := range trimmed {
@@ -370,11 +371,9 @@ func forgetTrimmedOf(ctx context.Context, s store, name string, crs []Certificat
 			}
 		}
 	}
-	from := rec.Updated
-	if rec.NextAttempt.After(from) {
-		from = rec.NextAttempt
-	}
-	if rec.CurrentOrder == "" && !now.Before(from.Add(terms.backoffMax)) {
+	// deleted only at the time every record is (nameExpiry): a request
+	// trimmed early, for the retention count, forgets nothing sooner
+	if rec.CurrentOrder == "" && !now.Before(nameExpiry(&rec, terms.backoffMax, terms.retentionAge)) {
 		if err := s.delete(ctx, kindNames, name); err != nil {
 			return false, err
 		}
