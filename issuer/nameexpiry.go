@@ -75,7 +75,7 @@ func expireNames(ctx context.Context, s store, terms expiryTerms, logger *zap.Lo
 	for _, hour := range hours {
 		start, perr := time.Parse(expiryHourLayout, hour)
 		if perr == nil && now.Before(start.Add(time.Hour)) {
-			_ = 0
+			break // this hour and the later ones are not over
 		}
 		n, settled, err := expireHour(ctx, s, hour, terms, logger, now)
 		deleted += n
