@@ -201,30 +201,6 @@ func (r Reader) listByKind(ctx context.Context, q Query, limit int, take func(ca
 	if !r.s.hasLegacyIndex(ctx, q.Kind) {
 		return r.s.walkCatalog(ctx, q.After, "", keep, take)
 	}
-	legacy := func(after string, n int) ([]string, bool, error) {
-		var ids []string
-		full := func(id string) (bool, error) {
-			if after != "" && id >= after {
-				return false, nil
-			}
-			ids = append(ids, id)
-			return len(ids) == n, nil
-		}
-		var err error
-		switch {
-		case q.State != "" && !final:
-			err = r.walkBuckets(ctx, r.s.inflightDir(q.Kind), after, full)
-		case q.State != "":
-			err = r.walkBuckets(ctx, r.s.stateDir(q.Kind, q.State), after, full)
-		default:
-			dirs := []string{r.s.inflightDir(q.Kind)}
-			for _, state := range FinalStates(q.Kind) {
-				dirs = append(dirs, r.s.stateDir(q.Kind, state))
-			}
-			err = r.walkMerged(ctx, dirs, after, n, full)
-		}
-		return ids, len(ids) == n, err
-	}
 	cursor := q.After
 	for range maxMergeRounds {
 		var fromCatalog []catalogEntry
@@ -235,7 +211,7 @@ func (r Reader) listByKind(ctx context.Context, q Query, limit int, take func(ca
 		if err != nil {
 			return err
 		}
-		fromLegacy, moreLegacy, err := legacy(cursor, limit)
+		fromLegacy, moreLegacy, err := r.legacyIDs(ctx, q, final, cursor, limit)
 		if err != nil {
 			return err
 		}
@@ -274,6 +250,34 @@ func (r Reader) listByKind(ctx context.Context, q Query, limit int, take func(ca
 		cursor = boundary
 	}
 	return fmt.Errorf("listing %s: more than %d rounds", q.Kind, maxMergeRounds)
+}
+
+// legacyIDs returns up to n IDs older than after from the previous
+// versions' markers of the query's kind (and state), newest first, and
+// whether there may be more.
+func (r Reader) legacyIDs(ctx context.Context, q Query, final bool, after string, n int) ([]string, bool, error) {
+	var ids []string
+	full := func(id string) (bool, error) {
+		if after != "" && id >= after {
+			return false, nil
+		}
+		ids = append(ids, id)
+		return len(ids) == n, nil
+	}
+	var err error
+	switch {
+	case q.State != "" && !final:
+		err = r.walkBuckets(ctx, r.s.inflightDir(q.Kind), after, full)
+	case q.State != "":
+		err = r.walkBuckets(ctx, r.s.stateDir(q.Kind, q.State), after, full)
+	default:
+		dirs := []string{r.s.inflightDir(q.Kind)}
+		for _, state := range FinalStates(q.Kind) {
+			dirs = append(dirs, r.s.stateDir(q.Kind, state))
+		}
+		err = r.walkMerged(ctx, dirs, after, n, full)
+	}
+	return ids, len(ids) == n, err
 }
 
 // listByName offers the resources of one name, newest first: its recent
