@@ -34,6 +34,10 @@ type maintenance struct {
 	watch    map[string]int       // challenges to look at again, with the failed clean-ups of each
 	tokens   map[string]time.Time // token files seen, with when each was first seen
 	sweeping bool                 // a sweep of the names' records runs
+	// sweepInPass runs the names' sweep within the pass that starts it,
+	// not in the background: a pass run on demand (RunMaintenancePass)
+	// has no later passes to go on with meanwhile.
+	sweepInPass bool
 }
 
 const (
@@ -78,14 +82,18 @@ func (e *Engine) StartMaintenance(opts *Options) {
 	m, ok := e.maint[id]
 	if !ok {
 		ctx, cancel := context.WithCancel(context.Background())
-		m = &maintenance{cancel: cancel, wake: make(chan struct{}, 1), policies: map[string]*Options{}, watch: map[string]int{},
-			tokens: map[string]time.Time{}}
+		m = newMaintenance(cancel)
 		e.maint[id] = m
 		defer func() { go m.run(ctx, e) }()
 	}
 	m.setOptions(opts)
 	e.maintMu.Unlock()
 	e.maintained(s, true)
+}
+
+func newMaintenance(cancel context.CancelFunc) *maintenance {
+	return &maintenance{cancel: cancel, wake: make(chan struct{}, 1), policies: map[string]*Options{}, watch: map[string]int{},
+		tokens: map[string]time.Time{}}
 }
 
 func (e *Engine) stopMaintenance() {
@@ -154,13 +162,12 @@ func (m *maintenance) run(ctx context.Context, e *Engine) {
 		opts := m.options()
 		s := e.storeFor(opts)
 		full := lastFull.IsZero() || now.Sub(lastFull) >= fullListingInterval
-		next, listedAll := m.leftoverPass(ctx, e, s, full, now)
+		hourly := lastTrim.IsZero() || now.Sub(lastTrim) >= retentionInterval
+		next, listedAll := m.pass(ctx, e, s, opts, now, full, hourly)
 		if listedAll {
 			lastFull = now
 		}
-		m.sweepTokens(ctx, s, now)
-		if lastTrim.IsZero() || now.Sub(lastTrim) >= retentionInterval {
-			m.trim(ctx, s, opts, now)
+		if hourly {
 			lastTrim = now
 		}
 		wait := leftoverInterval
@@ -171,6 +178,18 @@ func (m *maintenance) run(ctx context.Context, e *Engine) {
 		timer.Reset(wait)
 		due = time.Now().Add(wait)
 	}
+}
+
+// pass is one pass at now: the leftovers (every stored challenge when
+// full), the tokens no issuance has, and with hourly the hourly part
+// (trim). It returns what leftoverPass does.
+func (m *maintenance) pass(ctx context.Context, e *Engine, s store, opts *Options, now time.Time, full, hourly bool) (next time.Time, listedAll bool) {
+	next, listedAll = m.leftoverPass(ctx, e, s, full, now)
+	m.sweepTokens(ctx, s, now)
+	if hourly {
+		m.trim(ctx, s, opts, now)
+	}
+	return next, listedAll
 }
 
 // trim is the hourly part of a pass: the history within the retention
@@ -194,13 +213,18 @@ func (m *maintenance) trim(ctx context.Context, s store, opts *Options, now time
 		opts.Logger.Info("forgot names with nothing left to remember", zap.Int("forgotten", n))
 	}
 	trimSetAside(ctx, s, opts.Logger, terms.retentionAge, now)
-	m.sweepNames(s, terms, opts.Logger, now)
+	m.sweepNames(ctx, s, terms, opts.Logger, now)
 }
 
 // sweepNames starts a sweep of the names' records when it is due
 // (sweepNamesIfDue), in the background: it may take minutes, and the
-// leftover passes go on meanwhile.
-func (m *maintenance) sweepNames(s store, terms expiryTerms, logger *zap.Logger, now time.Time) {
+// leftover passes go on meanwhile. With sweepInPass it runs within the
+// pass, bounded by ctx.
+func (m *maintenance) sweepNames(ctx context.Context, s store, terms expiryTerms, logger *zap.Logger, now time.Time) {
+	if m.sweepInPass {
+		sweepNamesIfDue(ctx, s, terms, logger, now)
+		return
+	}
 	m.mu.Lock()
 	if m.sweeping {
 		m.mu.Unlock()
