@@ -108,25 +108,34 @@ func (r *run) measure(ctx context.Context, ca *rig.CA) (*RunResult, error) {
 		res.CARequests[kind] = ca.Count(kind)
 	}
 	res.CATotal = len(ca.Requests())
-	for i, n := range r.nodes {
-		mem, err := readMemStatus(n.proc.PID)
-		if err != nil {
-			return nil, err
-		}
-		res.PeakRSS = max(res.PeakRSS, mem.HWM)
-		sampled, err := samplers[i].Stop()
-		if err != nil {
-			return nil, err
-		}
-		res.SampledRSS = max(res.SampledRSS, sampled)
-		if !n.proc.running() {
-			return nil, fmt.Errorf("caddy (pid %d) exited during the run: %v; its output is in %s", n.proc.PID, n.proc.ExitErr(), n.proc.LogPath)
-		}
+	if err := r.takeMemory(samplers, res); err != nil {
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("benchmark interrupted: %w", err)
 	}
 	return res, nil
+}
+
+// takeMemory records the nodes' peak and sampled RSS in res, and fails if
+// a node exited during the run.
+func (r *run) takeMemory(samplers []*rssSampler, res *RunResult) error {
+	for i, n := range r.nodes {
+		mem, err := readMemStatus(n.proc.PID)
+		if err != nil {
+			return err
+		}
+		res.PeakRSS = max(res.PeakRSS, mem.HWM)
+		sampled, err := samplers[i].Stop()
+		if err != nil {
+			return err
+		}
+		res.SampledRSS = max(res.SampledRSS, sampled)
+		if !n.proc.running() {
+			return fmt.Errorf("caddy (pid %d) exited during the run: %v; its output is in %s", n.proc.PID, n.proc.ExitErr(), n.proc.LogPath)
+		}
+	}
+	return nil
 }
 
 // cpu is the CPU time the run's Caddy processes used so far, together.

@@ -127,6 +127,21 @@ func (s *ScenarioResult) print(w io.Writer) error {
 		}
 	}
 
+	if err := writeTable(w, sc, rows); err != nil {
+		return err
+	}
+	printAreas(w, Stock, st)
+	printAreas(w, Certflow, cf)
+	printFailures(w, Stock, "new-name", st.Failures)
+	printFailures(w, Certflow, "new-name", cf.Failures)
+	printFailures(w, Stock, "cached", st.CachedFailures)
+	printFailures(w, Certflow, "cached", cf.CachedFailures)
+	return nil
+}
+
+// writeTable writes a scenario's rows as a table: labels left-aligned,
+// figures right-aligned.
+func writeTable(w io.Writer, sc Scenario, rows []row) error {
 	// labels are padded to one width so that they read left-aligned while
 	// the figures are right-aligned
 	width := len("figure")
@@ -149,12 +164,6 @@ func (s *ScenarioResult) print(w io.Writer) error {
 			fmt.Fprintln(w, trimmed)
 		}
 	}
-	printAreas(w, Stock, st)
-	printAreas(w, Certflow, cf)
-	printFailures(w, Stock, "new-name", st.Failures)
-	printFailures(w, Certflow, "new-name", cf.Failures)
-	printFailures(w, Stock, "cached", st.CachedFailures)
-	printFailures(w, Certflow, "cached", cf.CachedFailures)
 	return nil
 }
 
