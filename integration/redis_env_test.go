@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/issuer"
 )
 
 // Redis tests run several Caddy processes (integration/redisnode: certflow
@@ -134,8 +136,8 @@ type redisEnv struct {
 	dns        *rig.DNS
 	ca         *rig.CA
 	askURL     string
-	httpLB     *balancer
-	httpsLB    *balancer
+	httpLB     *rig.Balancer
+	httpsLB    *rig.Balancer
 	nodes      []*node
 	fileStore  string    // non-empty: nodes use file_system storage here instead of Redis
 	killedAt   time.Time // when a node was SIGKILLed, if one was
@@ -159,7 +161,7 @@ func newRedisEnv(t *testing.T, o redisEnvOptions) *redisEnv {
 	}
 	re.httpLB, re.httpsLB = startBalancer(t), startBalancer(t)
 	re.adminPorts = map[string]int{}
-	re.usedPorts = map[int]bool{re.httpLB.port: true, re.httpsLB.port: true}
+	re.usedPorts = map[int]bool{re.httpLB.Port: true, re.httpsLB.Port: true}
 	if re.redis != nil {
 		re.usedPorts[re.redis.Port] = true
 	}
@@ -172,10 +174,10 @@ func newRedisEnv(t *testing.T, o redisEnvOptions) *redisEnv {
 		https = append(https, n.addr())
 		http = append(http, fmt.Sprintf("127.0.0.1:%d", n.httpPort))
 	}
-	re.httpsLB.setBackends(https)
-	re.httpLB.setBackends(http)
+	re.httpsLB.SetBackends(https)
+	re.httpLB.SetBackends(http)
 	re.dns = startDNS(t)
-	re.ca = startCA(t, rig.CAOptions{HTTPPort: re.httpLB.port, TLSPort: re.httpsLB.port, DNSAddr: re.dns.Addr})
+	re.ca = startCA(t, rig.CAOptions{HTTPPort: re.httpLB.Port, TLSPort: re.httpsLB.Port, DNSAddr: re.dns.Addr})
 	re.ca.SetFault(pebbleSerializer(nil))
 	re.askURL = startAsk(t, nil)
 	t.Cleanup(func() {
@@ -223,7 +225,7 @@ func (re *redisEnv) freePort() int {
 }
 
 func (re *redisEnv) issuer() map[string]any {
-	iss := nodeIssuer(re.ca, re.dns, re.httpLB.port, re.httpsLB.port)
+	iss := nodeIssuer(re.ca, re.dns, re.httpLB.Port, re.httpsLB.Port)
 	for k, v := range re.issuerOpts {
 		iss[k] = v
 	}
@@ -298,7 +300,7 @@ func (re *redisEnv) backends() (https, http []string) {
 	return https, http
 }
 
-func (re *redisEnv) lbAddr() string { return fmt.Sprintf("127.0.0.1:%d", re.httpsLB.port) }
+func (re *redisEnv) lbAddr() string { return fmt.Sprintf("127.0.0.1:%d", re.httpsLB.Port) }
 
 type hsResult struct {
 	serial   string
@@ -613,27 +615,31 @@ func (re *redisEnv) checkOneOrderEach(names []string, wantOne bool) {
 	}
 }
 
-// storedOrders returns certflow's stored orders of name, oldest first.
+// storedOrders returns certflow's stored orders of name, oldest first,
+// wherever certflow keeps them (issuer.StoredResources).
 func (re *redisEnv) storedOrders(name string) []resource {
 	re.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	keys, err := re.redis.Keys(ctx, re.prefix+"/certflow/*/orders/*.json")
+	view := re.redis.StorageView(re.prefix)
+	keys, err := view.List(ctx, "certflow", false)
 	if err != nil {
 		re.t.Fatal(err)
 	}
 	var out []resource
 	for _, k := range keys {
-		b, err := re.redis.LoadValue(ctx, k)
+		raws, err := issuer.StoredResources(ctx, view, path.Base(k), issuer.KindOrder)
 		if err != nil {
 			re.t.Fatal(err)
 		}
-		var r resource
-		if err := json.Unmarshal(b, &r); err != nil {
-			re.t.Fatalf("decoding %s: %v", k, err)
-		}
-		if r.str("name") == name {
-			out = append(out, r)
+		for _, raw := range raws {
+			var r resource
+			if err := json.Unmarshal(raw, &r); err != nil {
+				re.t.Fatalf("decoding an order: %v", err)
+			}
+			if r.str("name") == name {
+				out = append(out, r)
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].str("id") < out[j].str("id") })

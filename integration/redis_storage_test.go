@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/certflow/certflow/integration/rig"
+	"github.com/certflow/certflow/issuer"
 )
 
 // Tests of what the Redis storage module does differently from the file
@@ -39,17 +40,29 @@ func (re *redisEnv) certflowDir(ctx context.Context) string {
 	return path.Dir(keys[0])
 }
 
-// storedIDs returns the IDs of certflow's stored resources of a kind
-// ("requests", "orders", "challenges"), read from Redis.
-func (re *redisEnv) storedIDs(ctx context.Context, dir, kind string) []string {
+// storedResourceIDs returns the IDs of certflow's stored resources of a
+// kind ("requests", "orders", "challenges"), read from Redis wherever
+// certflow keeps them (issuer.StoredResources).
+func (re *redisEnv) storedResourceIDs(ctx context.Context, kind string) []string {
 	re.t.Helper()
-	keys, err := re.redis.Keys(ctx, dir+"/"+kind+"/*.json")
+	view := re.redis.StorageView(re.prefix)
+	keys, err := view.List(ctx, "certflow", false)
 	if err != nil {
 		re.t.Fatal(err)
 	}
 	var ids []string
 	for _, k := range keys {
-		ids = append(ids, strings.TrimSuffix(path.Base(k), ".json"))
+		raws, err := issuer.StoredResources(ctx, view, path.Base(k), kind)
+		if err != nil {
+			re.t.Fatal(err)
+		}
+		for _, raw := range raws {
+			var r resource
+			if err := json.Unmarshal(raw, &r); err != nil {
+				re.t.Fatal(err)
+			}
+			ids = append(ids, r.str("id"))
+		}
 	}
 	slices.Sort(ids)
 	return ids
@@ -163,22 +176,22 @@ func TestRedisDeletesLeaveNoOrphans(t *testing.T) {
 
 	before := map[string][]string{}
 	for _, kind := range []string{"requests", "orders", "challenges"} {
-		before[kind] = re.storedIDs(ctx, dir, kind)
+		before[kind] = re.storedResourceIDs(ctx, kind)
 		if len(before[kind]) < len(names) {
 			t.Fatalf("%d %s stored for %d names", len(before[kind]), kind, len(names))
 		}
 	}
-	markersBefore, _ := re.redis.Keys(ctx, dir+"/index/*")
+	catalogBefore, _ := re.redis.Keys(ctx, dir+"/catalog/*")
 
 	// the history is trimmed by the maintenance 3s after a start
 	re.restart(0)
-	trimmed := re.waitLog(0, 3, 30*time.Second, "trimmed history")
+	trimmed := re.waitLog(0, 1, 30*time.Second, "trimmed history")
 	for _, l := range trimmed {
 		t.Logf("node log: %s", truncate(l, 300))
 	}
 	var gone []string
 	for _, kind := range []string{"requests", "orders", "challenges"} {
-		after := re.storedIDs(ctx, dir, kind)
+		after := re.storedResourceIDs(ctx, kind)
 		if len(after) != keep {
 			t.Errorf("%d %s kept after the trim, want %d", len(after), kind, keep)
 		}
@@ -191,8 +204,10 @@ func TestRedisDeletesLeaveNoOrphans(t *testing.T) {
 	if len(gone) == 0 {
 		t.Fatal("nothing was trimmed")
 	}
-	// no key names a deleted resource: not its value, not an index marker
-	// (a challenge's ID starts with its order's: compare whole segments)
+	// no key names a deleted resource: not its value, not a marker of a
+	// previous version (a challenge's ID starts with its order's: compare
+	// whole segments; the catalog's records name only their first entry's
+	// ID, with their writer's)
 	all, err := re.redis.Keys(ctx, re.prefix+"/*")
 	if err != nil {
 		t.Fatal(err)
@@ -210,8 +225,8 @@ func TestRedisDeletesLeaveNoOrphans(t *testing.T) {
 	// and no directory lists something that is gone, or holds what no
 	// directory lists
 	re.checkTree(ctx)
-	markersAfter, _ := re.redis.Keys(ctx, dir+"/index/*")
-	t.Logf("trimmed %d resources; Redis keys under the index: %d before, %d after", len(gone), len(markersBefore), len(markersAfter))
+	catalogAfter, _ := re.redis.Keys(ctx, dir+"/catalog/*")
+	t.Logf("trimmed %d resources; Redis keys under the catalog: %d before, %d after", len(gone), len(catalogBefore), len(catalogAfter))
 
 	// the admin API lists what is left, and only that
 	for _, kind := range []string{"certificaterequests", "orders", "challenges"} {
@@ -234,8 +249,11 @@ func envelope(value []byte, compression int) []byte {
 // back — garbage, truncated, not the resource of their key, half written —
 // under a name's record or its current order are reported and set aside,
 // never decoded as a resource, and the name still gets its certificate with
-// one order. Corrupt values of an issued name's resources are set aside by
-// the maintenance, and the admin API keeps answering meanwhile.
+// one order. A corrupt record of an issued name's request is set aside by
+// the maintenance, and so is a value planted at its challenge's key (the
+// maintenance reads every stored challenge when it starts); a value
+// planted at its order's key is reported by its status; none is ever
+// listed, and the admin API keeps answering meanwhile.
 func TestRedisCorruptValues(t *testing.T) {
 	re := newRedisEnv(t, redisEnvOptions{nodes: 1, issuer: map[string]any{
 		// the maintenance loads the heads of everything beyond this
@@ -364,8 +382,11 @@ func TestRedisCorruptValues(t *testing.T) {
 	}
 
 	// the resources of an issued name, corrupted: the admin API keeps
-	// answering, and the maintenance (a restart runs it 3s later) sets them
-	// aside when it reads them
+	// answering, and the maintenance (a restart runs it 3s later) sets
+	// aside the request's record (retention reads every request beyond
+	// the one it keeps) and the value planted at the challenge's key (the
+	// first pass reads every stored challenge); the order's key is read
+	// by the status views only, which report it and change nothing
 	st := re.adminStatus(0, warm)
 	req, _ := st["request"].(map[string]any)
 	ord, _ := st["order"].(map[string]any)
@@ -392,7 +413,10 @@ func TestRedisCorruptValues(t *testing.T) {
 		}
 	}
 	re.restart(0)
-	for _, k := range warmKeys {
+	if st := re.adminStatus(0, warm); !strings.Contains(dump(st["problems"]), "another-order") {
+		t.Errorf("the status of %s does not report the value planted at its order's key: %s", warm, dump(st))
+	}
+	for _, k := range []string{warmKeys[0], warmKeys[2]} {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			n, err := re.redis.Client().Exists(ctx, k).Result()
@@ -409,8 +433,8 @@ func TestRedisCorruptValues(t *testing.T) {
 		}
 	}
 	final, _ := re.redis.Keys(ctx, dir+"/corrupt/*")
-	if got := len(final) - len(asideAfter); got != len(warmKeys) {
-		t.Errorf("the maintenance set aside %d values, want %d", got, len(warmKeys))
+	if got := len(final) - len(asideAfter); got != 2 {
+		t.Errorf("the maintenance set aside %d values, want the request's and the challenge's", got)
 	}
 	for _, k := range final {
 		b, err := re.redis.LoadValue(ctx, k)

@@ -159,24 +159,24 @@ func TestRedisCluster(t *testing.T) {
 	// going to it finish, so that none is cut by the kill; its handshakes
 	// and orders in flight are
 	httpsAll, httpAll := re.backends()
-	re.httpsLB.setBackends(httpsAll[:2])
-	re.httpLB.setBackends(httpAll[:2])
+	re.httpsLB.SetBackends(httpsAll[:2])
+	re.httpLB.SetBackends(httpAll[:2])
 	waitFor(t, "the CA's validations through node "+killed.name+" to end", pollMax, func() bool {
-		return re.httpLB.openTo(httpAll[2]) == 0
+		return re.httpLB.OpenTo(httpAll[2]) == 0
 	})
 	re.killedAt = time.Now()
 	if err := killed.proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	// the dead node is back in the lists: the balancers skip it on dial errors
-	re.httpsLB.setBackends(httpsAll)
-	re.httpLB.setBackends(httpAll)
+	re.httpsLB.SetBackends(httpsAll)
+	re.httpLB.SetBackends(httpAll)
 	t.Logf("node %s SIGKILLed (pid %d) %s into phase 2", killed.name, killed.proc.PID, time.Since(start).Round(time.Millisecond))
 	<-done
 	stuck.Stop()
 	ok, failed, retried := record("phase 2", res2, true)
 	t.Logf("phase 2: %d issued, %d failed, %d needed a retry (their connection went to the killed node) in %s; balancer dial failures https=%d http=%d",
-		ok, failed, retried, time.Since(start).Round(time.Millisecond), re.httpsLB.dialFail.Load(), re.httpLB.dialFail.Load())
+		ok, failed, retried, time.Since(start).Round(time.Millisecond), re.httpsLB.DialFailures(), re.httpLB.DialFailures())
 	explained := re.checkOrdersAfterKill(phase2)
 	if t.Failed() {
 		t.Fatalf("phase 2 failed\n%s", re.logTails(30))
@@ -191,7 +191,7 @@ func TestRedisCluster(t *testing.T) {
 		resOut = re.handshakeAll(outage, 10, 1, 20*time.Second)
 	}()
 	waitFor(t, "the handshakes for the outage names to reach the nodes", pollMax, func() bool {
-		return re.httpsLB.openTo("") >= len(outage)
+		return re.httpsLB.OpenTo("") >= len(outage)
 	})
 	outStart := time.Now()
 	if err := re.redis.Stop(); err != nil {

@@ -11,12 +11,17 @@ import (
 const storageCallsMetric = "certflow_storage_operations_total"
 
 // maxListsPerNodePass bounds the storage lists a node makes that do not
-// belong to any handshake: its first maintenance pass (3s after start)
-// lists the processes' heartbeats and the challenges for leftovers,
-// requests, orders and challenges for retention (maintenancePassLists),
-// and the holds for those that ended. The passes of every minute after it
-// list the heartbeats and the in-flight index.
-const maxListsPerNodePass = 6
+// belong to any handshake. Its first maintenance pass (3s after start)
+// lists the processes' heartbeats (1), every stored challenge for
+// leftovers (1) and the challenge tokens (1), and for its hourly work the
+// previous version's index (1), the requests, orders and challenges for
+// retention (3, maintenancePassLists), the catalog (1), the holds (1),
+// the names' expiry notes (1), the records set aside (1) and, for their
+// first sweep, the names' records (1): 12. The catalog writer lists the
+// folder of each hour it starts writing in (1). The passes of every minute
+// after it list the heartbeats, the catalog's recent hours, the previous
+// version's index and the tokens: fewer.
+const maxListsPerNodePass = 13
 
 // holdsRefreshEvery is how often, at most, a node that issues lists the
 // stored rate-limit holds (the issuer's holdRefresh): the one list on the

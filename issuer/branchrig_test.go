@@ -141,18 +141,21 @@ func (r *branchRig) nameRecord(name string) NameRecord {
 	return rec
 }
 
-// resources returns the stored resources of kind for name, oldest first.
+// resources returns the stored resources of kind for name, oldest first,
+// wherever they are kept (StoredResources).
 func resourcesOf[T any](r *branchRig, kind, name string, nameOf func(*T) string) []T {
 	r.t.Helper()
-	ctx := context.Background()
-	ids, err := r.store().list(ctx, kind)
+	raws, err := StoredResources(context.Background(), r.storage, branchIssuerKey, kind)
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	var out []T
-	for _, id := range ids {
+	for _, raw := range raws {
 		var v T
-		if err := r.store().load(ctx, kind, id, &v); err == nil && nameOf(&v) == name {
+		if err := json.Unmarshal(raw, &v); err != nil {
+			r.t.Fatal(err)
+		}
+		if nameOf(&v) == name {
 			out = append(out, v)
 		}
 	}

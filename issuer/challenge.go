@@ -15,9 +15,9 @@ import (
 // challengeRun reconciles one Challenge through its lifecycle:
 // queued → scheduled → synced → presented → self-checked → accepted →
 // valid/invalid/errored. It changes the challenge in memory (advance) and
-// writes it (commit) at the states SaveRules marks saved (reach). The
-// steps live in challenge_present.go, challenge_selfcheck.go and
-// challenge_await.go.
+// writes it under its own key (commit) at the points SaveRules lists; its
+// final state goes with its request's record. The steps live in
+// challenge_present.go, challenge_selfcheck.go and challenge_await.go.
 type challengeRun struct {
 	r      *orderRun
 	ch     *Challenge
@@ -60,7 +60,8 @@ func (r *orderRun) solve(ctx context.Context, ch *Challenge, authz acme.Authoriz
 		c.advance(ChallengeQueued, "") // passed through at once: nothing to write (SaveRules)
 	} else {
 		// it has to wait: the wait is visible in storage (SaveRules)
-		if err := c.reach(ctx, ChallengeQueued, ""); err != nil {
+		c.advance(ChallengeQueued, "")
+		if err := c.commit(ctx); err != nil {
 			return err
 		}
 		authz = waitingAuthz(authz, ch.Type)
@@ -188,9 +189,12 @@ func (c *challengeRun) end(ctx context.Context, state string, cause error) error
 	return fmt.Errorf("challenge for %s errored: %w", c.ch.Name, cause)
 }
 
-// finish writes a final state and, at the same time, removes what was
-// presented (whatever the outcome), so the two writes cost one write's
-// latency. A failed clean-up is recorded; maintenance retries it.
+// finish moves the challenge to a final state and removes what was
+// presented (whatever the outcome). The final state is kept for the
+// request's record (records.go); a challenge that has a record of its own
+// is written there too, at the same time as the clean-up (one write's
+// latency for both). A clean-up that fails is written to the challenge's
+// own record and handed to maintenance, which retries it.
 func (c *challengeRun) finish(ctx context.Context, state, reason string) error {
 	ctx, cancel := detached(ctx)
 	defer cancel()
@@ -198,34 +202,54 @@ func (c *challengeRun) finish(ctx context.Context, state, reason string) error {
 	if IsFinal(KindChallenge, c.ch.State) {
 		// already final (a deadline hit after a failure): only the reason changes
 		c.ch.Reason = reason
-		return c.commit(ctx)
+		c.r.challengeEnded(c.ch)
+		return c.commitOwn(ctx)
 	}
 	if !c.presented {
-		err := c.reach(ctx, state, reason)
+		c.advance(state, reason)
+		c.r.challengeEnded(c.ch)
+		err := c.commitOwn(ctx)
 		if err != nil {
 			c.r.w.engine.reportLeftover(c.r.w.opts, c.ch.ID) // maintenance ends it
 		}
 		return err
 	}
 	c.ch.CleanedUp = true
+	c.advance(state, reason)
+	stored := c.ch.stored
 	var cleanErr error
 	err := parallel(
-		func() error { return c.reach(ctx, state, reason) },
-		func() error { cleanErr = c.solver.CleanUp(ctx, c.chal, c.ch.Presented); return nil },
+		func() error { return c.commitOwn(ctx) },
+		func() error { cleanErr = c.cleanUp(ctx); return nil },
 	)
 	if cleanErr != nil {
 		c.logger.Warn("cleaning up presented challenge", zap.Error(cleanErr))
 		c.ch.CleanedUp = false
+		// maintenance retries it from the challenge's own record
 		if saveErr := c.commit(ctx); saveErr != nil {
 			c.logger.Warn("recording failed clean-up", zap.Error(saveErr))
+			if err == nil && !stored {
+				err = saveErr
+			}
 		}
 	}
+	c.r.challengeEnded(c.ch)
 	if err != nil || cleanErr != nil {
 		// maintenance removes the answer (from what was stored) and
 		// records the end
 		c.r.w.engine.reportLeftover(c.r.w.opts, c.ch.ID)
 	}
 	return err
+}
+
+// cleanUp removes what is presented. The workflow holds the name's
+// issue_cert lock: a token file can only be this challenge's, so it is
+// removed without reading it first.
+func (c *challengeRun) cleanUp(ctx context.Context) error {
+	if k, ok := c.solver.(solvers.TokenKeeper); ok {
+		return k.CleanUpOwned(ctx, c.chal)
+	}
+	return c.solver.CleanUp(ctx, c.chal, c.ch.Presented)
 }
 
 // advance moves the challenge to a state in memory: its time is recorded,
@@ -258,24 +282,24 @@ func (c *challengeRun) advance(state, reason string) {
 	c.last = now
 }
 
-// commit writes the challenge as it is now.
+// commit writes the challenge as it is now under its own key
+// (challenges/<id>); from then on its states are written there too.
 func (c *challengeRun) commit(ctx context.Context) error {
 	c.ch.Version, c.ch.Updated = SchemaVersion, time.Now()
-	if err := c.r.w.store.saveResource(ctx, KindChallenge, c.ch.ID, c.ch.Name, c.ch.indexed, c.ch.State, c.ch); err != nil {
+	if err := c.r.w.store.saveResource(ctx, KindChallenge, c.ch.ID, c.ch.Name, c.ch.State, c.ch); err != nil {
 		return err
 	}
-	c.ch.indexed = c.ch.State
+	c.ch.stored = true
 	return nil
 }
 
-// reach advances the challenge to state and commits it if SaveRules says
-// that state is saved.
-func (c *challengeRun) reach(ctx context.Context, state, reason string) error {
-	c.advance(state, reason)
-	if isSaved(KindChallenge, state) {
-		return c.commit(ctx)
+// commitOwn writes the challenge under its own key if it has one;
+// otherwise it is written with its request's record.
+func (c *challengeRun) commitOwn(ctx context.Context) error {
+	if !c.ch.stored {
+		return nil
 	}
-	return nil
+	return c.commit(ctx)
 }
 
 // waitingAuthz keeps of an authorization what live needs of it (its

@@ -11,23 +11,30 @@ import (
 	"github.com/certflow/certflow/solvers"
 )
 
-// present publishes the challenge's answer (c.chal). The challenge is
-// committed as presented first, with what the solver plans to publish when
-// it says (DNS-01: the TXT record), so that a crash or a failed write never
-// leaves an answer nobody can find and clean up; after Present, the
-// record as the provider returned it is committed too.
+// present publishes the challenge's answer (c.chal). When the answer is
+// outside storage (DNS-01: the TXT record, which the solver plans), the
+// challenge is written as presented first, with the plan, so that a crash
+// or a failed write never leaves an answer nobody can find and clean up;
+// after Present, the record as the provider returned it is written too.
+// An answer in storage (HTTP-01, TLS-ALPN-01: certmagic's token file) is
+// written without that first write: a token a crash leaves behind is
+// found in storage and removed by maintenance (tokensweep.go), or by the
+// next request for the name (order_resume.go).
 func (c *challengeRun) present(ctx context.Context) error {
 	c.ch.Presented = nil
+	c.ch.CleanedUp = false
 	if p, ok := c.solver.(solvers.Planner); ok {
 		plan, err := p.Plan(c.chal)
 		if err != nil {
 			return c.end(ctx, ChallengeErrored, charge(PartyName, fmt.Errorf("planning what to present: %w", err)))
 		}
 		c.ch.Presented = plan
-	}
-	c.ch.CleanedUp = false
-	if err := c.reach(ctx, ChallengePresented, ""); err != nil {
-		return c.end(ctx, ChallengeErrored, err) // nothing is published yet
+		c.advance(ChallengePresented, "")
+		if err := c.commit(ctx); err != nil {
+			return c.end(ctx, ChallengeErrored, err) // nothing is published yet
+		}
+	} else {
+		c.advance(ChallengePresented, "")
 	}
 	c.presented = true
 	memo, err := c.solver.Present(ctx, c.chal)
@@ -64,7 +71,7 @@ func (c *challengeRun) switchType(ctx context.Context, typ string) error {
 		return c.end(ctx, ChallengeErrored, charge(PartyName, fmt.Errorf("the authorization does not offer %s", typ)))
 	}
 	if c.presented {
-		if err := c.solver.CleanUp(ctx, c.chal, c.ch.Presented); err != nil {
+		if err := c.cleanUp(ctx); err != nil {
 			c.logger.Warn("taking down the previous challenge type", zap.Error(err))
 		}
 		c.presented = false

@@ -209,7 +209,7 @@ func TestListSkipsUnreadable(t *testing.T) {
 	var ids []string
 	for i := range 3 {
 		o := &Order{Version: SchemaVersion, ID: newID(now.Add(time.Duration(i) * time.Millisecond)), Name: "x.test", State: OrderValid}
-		if err := s.saveResource(ctx, KindOrder, o.ID, o.Name, "", o.State, o); err != nil {
+		if err := s.saveResource(ctx, KindOrder, o.ID, o.Name, o.State, o); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, o.ID)

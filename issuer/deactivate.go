@@ -52,7 +52,9 @@ func (e *Engine) loadedAccount() (acme.Account, bool) {
 // at none), and deactivates its pending authorizations at the CA. The
 // order the name's record points at is left as it is: the next request
 // for the name resumes it, and its pending authorization is what that
-// request solves.
+// request solves. Only an order with a record of its own can need it: one
+// that lives in its name's record is that record's current order, and
+// one in its request's record ended with that request.
 func (j *judge) endOrphanedOrder(ctx context.Context, ch *Challenge, now time.Time) {
 	if ch.Order == "" {
 		return
@@ -74,7 +76,7 @@ func (j *judge) endOrphanedOrder(ctx context.Context, ch *Challenge, now time.Ti
 		return
 	}
 	o.Version, o.State, o.Reason, o.Updated = SchemaVersion, OrderErrored, "abandoned: no request will resume it, and its challenge "+ch.ID+" was abandoned", now
-	if err := j.s.saveResource(ctx, KindOrder, o.ID, o.Name, indexUnknown, o.State, &o); err != nil {
+	if err := j.s.saveResource(ctx, KindOrder, o.ID, o.Name, o.State, &o); err != nil {
 		j.logger.Warn("recording an abandoned order", zapOrder(o.ID), zap.Error(err))
 		return
 	}

@@ -132,8 +132,8 @@ func (e *Engine) Issue(ctx context.Context, req Request) (*certmagic.IssuedCerti
 		logger:  opts.Logger.With(zapName(names[0])),
 		started: time.Now(),
 	}
-	markers.workflowStarted()
-	defer markers.workflowEnded()
+	catalog.workflowStarted()
+	defer catalog.workflowEnded()
 	return w.run(ctx)
 }
 

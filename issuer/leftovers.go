@@ -19,12 +19,16 @@ import (
 // policy that presented it; and the answer of a finished challenge whose
 // clean-up failed. What it looks at each pass (every minute, sooner when
 // a watched challenge becomes abandoned or a run reports one):
-//   - the challenges in flight, from their index markers (a few small
-//     listings, not a load of every stored challenge);
+//   - the challenges in flight with a record of their own (only those
+//     can be left: one without a record has only a token, which
+//     tokensweep.go removes), from the catalog's entries of the last
+//     inFlightLookback (a few records, not a load of every stored
+//     challenge), and from the markers of previous versions where any
+//     are left;
 //   - the challenges it watches: found unfinished or uncleaned before,
 //     or reported by a run of this process;
 //   - every stored challenge, at start, hourly, and when a process is
-//     found gone (its heartbeat lapsed): the markers of what a process
+//     found gone (its heartbeat lapsed): the entries of what a process
 //     wrote in its last 2 s may never have been written.
 //
 // Bound: an abandoned challenge's answer is removed within a minute of its
@@ -67,13 +71,7 @@ func (m *maintenance) leftoverPass(ctx context.Context, e *Engine, s store, full
 		}
 	}
 	if !listedAll {
-		err = Reader{s: s}.walkBuckets(ctx, s.inflightDir(KindChallenge), "", func(id string) (bool, error) {
-			ids = append(ids, id)
-			return false, nil
-		})
-		if err != nil {
-			logger.Warn("listing the challenges in flight", zap.Error(err))
-		}
+		ids = append(ids, inFlightChallenges(ctx, s, logger, now)...)
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
@@ -102,6 +100,40 @@ func (m *maintenance) leftoverPass(ctx context.Context, e *Engine, s store, full
 		}
 	}
 	return next, listedAll
+}
+
+// inFlightLookback is how far back the catalog is read for challenges in
+// flight at each pass; older ones are found by the hourly full listing.
+// A challenge is in flight for its challenge_timeout (5 min by default)
+// once scheduled; one queued longer in a live process is never abandoned.
+const inFlightLookback = 2 * time.Hour
+
+// inFlightChallenges lists the challenges in flight that have a record of
+// their own: the catalog's recent entries, and the markers of previous
+// versions where any are left.
+func inFlightChallenges(ctx context.Context, s store, logger *zap.Logger, now time.Time) []string {
+	code := catalogKind(KindChallenge)
+	entries, err := s.catalogEntriesSince(ctx, catalogHour(newID(now.Add(-inFlightLookback))), func(e catalogEntry) bool {
+		return e.Kind == code && e.In == "" && !IsFinal(KindChallenge, e.State)
+	})
+	if err != nil {
+		logger.Warn("listing the challenges in flight", zap.Error(err))
+	}
+	ids := make([]string, 0, len(entries))
+	for _, e := range entries {
+		ids = append(ids, e.ID)
+	}
+	if !s.hasLegacyIndex(ctx, KindChallenge) {
+		return ids
+	}
+	err = Reader{s: s}.walkBuckets(ctx, s.inflightDir(KindChallenge), "", func(id string) (bool, error) {
+		ids = append(ids, id)
+		return false, nil
+	})
+	if err != nil {
+		logger.Warn("listing the challenges in flight (previous version's markers)", zap.Error(err))
+	}
+	return ids
 }
 
 // judge examines the challenges of one pass.
@@ -174,7 +206,7 @@ func (j *judge) examine(ctx context.Context, id string, now time.Time) time.Time
 			return time.Time{}
 		}
 		ch.CleanedUp, ch.Updated = true, now
-		if err := j.s.saveResource(ctx, KindChallenge, id, ch.Name, ch.State, ch.State, &ch); err != nil {
+		if err := j.s.saveResource(ctx, KindChallenge, id, ch.Name, ch.State, &ch); err != nil {
 			j.logger.Warn("recording a leftover challenge's clean-up", zapChallenge(id), zap.Error(err))
 		}
 		m.unwatch(id)
@@ -216,7 +248,7 @@ func (j *judge) abandon(ctx context.Context, judged *Challenge, why string, now 
 		ch.Reason = fmt.Sprintf("%s; its answer could not be removed yet: %v", why, cleanErr)
 	}
 	ch.Times.Finished, ch.Updated = now, now
-	if err := j.s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, indexUnknown, ch.State, &ch); err != nil {
+	if err := j.s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, ch.State, &ch); err != nil {
 		j.logger.Warn("recording an abandoned challenge", zapChallenge(ch.ID), zap.Error(err))
 		m.watchID(ch.ID)
 		return

@@ -143,7 +143,7 @@ func (r *leftoverRig) put(ch Challenge) {
 	if ch.Created.IsZero() {
 		ch.Created = ch.Updated
 	}
-	if err := r.s.saveResource(context.Background(), KindChallenge, ch.ID, ch.Name, "", ch.State, &ch); err != nil {
+	if err := r.s.saveResource(context.Background(), KindChallenge, ch.ID, ch.Name, ch.State, &ch); err != nil {
 		r.t.Fatal(err)
 	}
 }

@@ -66,9 +66,20 @@ func (s *memStorage) List(_ context.Context, prefix string, recursive bool) ([]s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
+	dirs := map[string]bool{}
 	for k := range s.m {
-		if rest, ok := strings.CutPrefix(k, prefix+"/"); ok && (recursive || !strings.Contains(rest, "/")) {
+		rest, ok := strings.CutPrefix(k, prefix+"/")
+		switch {
+		case !ok:
+		case recursive || !strings.Contains(rest, "/"):
 			out = append(out, k)
+		default:
+			// a folder, listed once, as certmagic.FileStorage does
+			dir, _, _ := strings.Cut(rest, "/")
+			if !dirs[dir] {
+				dirs[dir] = true
+				out = append(out, prefix+"/"+dir)
+			}
 		}
 	}
 	if len(out) == 0 {

@@ -21,6 +21,12 @@ type orderRun struct {
 
 	lastChange time.Time // of the order's state, for "took"
 	resumed    bool      // loaded from storage rather than created now
+	// stored is true when the order has a record of its own (orders/<id>,
+	// written by an earlier version): its states are written there too.
+	stored bool
+	// ended are the challenges this run ended, for the request's record
+	// (guarded by mu).
+	ended map[string]Challenge
 }
 
 // advance moves the order to a state in memory and tells the observer,
@@ -36,24 +42,27 @@ func (r *orderRun) advance(state, reason string) {
 	r.w.observer().OrderChanged(snapshot, took)
 }
 
-// commit writes the order as it is now.
-func (r *orderRun) commit(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.order.Version, r.order.Updated = SchemaVersion, time.Now()
-	if err := r.w.store.saveResource(ctx, KindOrder, r.order.ID, r.order.Name, r.order.indexed, r.order.State, r.order); err != nil {
-		return err
+// commitOwn writes the order as it is now under its own key, when it has
+// one (stored): otherwise it is written with the name's record while in
+// flight and with its request's record at the end (records.go).
+func (r *orderRun) commitOwn(ctx context.Context) error {
+	if !r.stored {
+		return nil
 	}
-	r.order.indexed = r.order.State
-	return nil
+	o := r.snapshot()
+	o.Updated = time.Now()
+	r.mu.Lock()
+	r.order.Updated = o.Updated
+	r.mu.Unlock()
+	return r.w.store.saveResource(ctx, KindOrder, o.ID, o.Name, o.State, o)
 }
 
-// reach advances the order to state and commits it if SaveRules says that
-// state is saved.
+// reach advances the order to state; a final state of an order that has a
+// record of its own is written there at once (see SaveRules).
 func (r *orderRun) reach(ctx context.Context, state, reason string) error {
 	r.advance(state, reason)
-	if isSaved(KindOrder, state) {
-		return r.commit(ctx)
+	if IsFinal(KindOrder, state) {
+		return r.commitOwn(ctx)
 	}
 	return nil
 }
@@ -91,15 +100,12 @@ func (r *orderRun) complete(ctx context.Context) (*certmagic.IssuedCertificate, 
 			if isRefusal(err) || isChallengeFailure(err) {
 				return nil, r.fail(ctx, OrderInvalid, err)
 			}
-			// transient: the order stays resumable
-			if saveErr := r.reach(context.WithoutCancel(ctx), OrderPending, err.Error()); saveErr != nil {
-				r.w.logger.Error("recording order error", zapOrder(r.order.ID), zap.Error(saveErr))
-			}
+			// transient: the order stays resumable (written with the
+			// name's record, recordFailure)
+			r.advance(OrderPending, err.Error())
 			return nil, err
 		}
-		if err := r.reach(ctx, OrderReady, ""); err != nil {
-			return nil, err
-		}
+		r.advance(OrderReady, "")
 	}
 	return r.finalize(ctx)
 }

@@ -55,15 +55,17 @@ func (r *orderRun) authorizeOne(ctx context.Context, index int, authzURL string)
 	read := time.Now()
 	switch authz.Status {
 	case acme.StatusValid:
-		if ours, err := r.finishStoredChallenge(ctx, index, authz.Identifier); err != nil || ours {
-			return err // our own challenge made it valid (before a restart)
+		if r.resumed {
+			if ours, err := r.finishStoredChallenge(ctx, index, authz.Identifier); err != nil || ours {
+				return err // our own challenge made it valid (before a restart)
+			}
 		}
 		r.mu.Lock()
 		r.order.ReusedAuthzs++
 		r.mu.Unlock()
 		w.logger.Info("authorization already valid; no challenge needed",
 			zapOrder(r.order.ID), zap.String("identifier", authz.IdentifierValue()))
-		return r.commit(ctx)
+		return nil // recorded with the order
 	case acme.StatusPending:
 	case acme.StatusExpired, acme.StatusDeactivated:
 		// nobody's fault: the order is given up and a new one made
@@ -91,18 +93,23 @@ func challengeID(orderID string, authzIndex, attempt int) string {
 
 // challengeFor returns the order's Challenge for this authorization: the
 // stored one when resuming, else a new queued one of the preferred type.
+// An order made by this run has none stored: nothing is read.
 func (r *orderRun) challengeFor(ctx context.Context, index int, authz acme.Authorization) (*Challenge, error) {
 	w := r.w
 	var resumed *Challenge
-	free, err := r.eachStoredChallenge(ctx, index, func(ch *Challenge) bool {
-		if ch.AuthorizationURL == authz.Location && !IsFinal(KindChallenge, ch.State) {
-			resumed = ch
-			return true
+	free := 1
+	if r.resumed {
+		var err error
+		free, err = r.eachStoredChallenge(ctx, index, func(ch *Challenge) bool {
+			if ch.AuthorizationURL == authz.Location && !IsFinal(KindChallenge, ch.State) {
+				resumed = ch
+				return true
+			}
+			return false
+		})
+		if err != nil {
+			return nil, err
 		}
-		return false
-	})
-	if err != nil {
-		return nil, err
 	}
 	if resumed != nil {
 		return resumed, nil

@@ -23,7 +23,7 @@ func (r *orderRun) eachStoredChallenge(ctx context.Context, index int, fn func(c
 		if err != nil {
 			return 0, err
 		}
-		ch.indexed = indexUnknown
+		ch.stored = true
 		if fn(&ch) {
 			return attempt, nil
 		}

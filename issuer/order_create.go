@@ -14,7 +14,8 @@ const maxRateLimitedOrderAttempts = 3
 
 // createOrder asks the CA for a new order, once the holds, the account's
 // probing and the order rate limit let it go (waitForOrderSlot), and
-// commits it with the name's pointer to it and the request.
+// writes it with the request in the name's record (what a restart
+// resumes): one write.
 func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 	var created acme.Order
 	var start time.Time
@@ -82,13 +83,8 @@ func (w *workflow) createOrder(ctx context.Context) (*orderRun, error) {
 	run := &orderRun{w: w, order: o, acme: created, lastChange: now}
 	w.rec.CurrentOrder = o.ID
 	w.cr.Order, w.cr.Reason, w.cr.NextAttempt = o.ID, "", time.Time{}
-	// the order, the name's pointer to it (what a restart resumes) and the
-	// request are independent writes
-	if err := parallel(
-		func() error { return run.commit(ctx) },
-		func() error { return w.saveNameRecord(ctx) },
-		func() error { return w.commitRequest(ctx) },
-	); err != nil {
+	w.order = run
+	if err := w.writeNameRecord(ctx, true); err != nil {
 		return nil, err
 	}
 	w.observer().OrderCreated(*o, now.Sub(start))

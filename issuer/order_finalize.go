@@ -19,12 +19,10 @@ import (
 func (r *orderRun) finalize(ctx context.Context) (*certmagic.IssuedCertificate, error) {
 	w := r.w
 	start := time.Now()
-	// not committed (SaveRules): after a crash, the order's state at the
+	// not written (SaveRules): after a crash, the order's state at the
 	// CA tells that it was finalized (and so cannot be resumed with a new
 	// key)
-	if err := r.reach(ctx, OrderProcessing, ""); err != nil {
-		return nil, err
-	}
+	r.advance(OrderProcessing, "")
 	finalized, err := r.finalizeAndWait(ctx)
 	if err != nil {
 		if isRefusal(err) {

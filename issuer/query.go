@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -14,7 +15,7 @@ import (
 
 // Reader reads certflow's stored resources for status views (admin API,
 // CLI). It reads from storage, so every node sharing the storage shows the
-// same picture, and lists through the index rather than every object.
+// same picture, and lists through the catalog rather than every object.
 type Reader struct{ s store }
 
 // NewReader returns a Reader for the resources of one issuer key.
@@ -61,7 +62,11 @@ type Page struct {
 // ErrBadQuery is a query that cannot be answered as asked.
 var ErrBadQuery = errors.New("bad query")
 
-// List returns a page of resources matching q, newest first.
+// List returns a page of resources matching q, newest first. It lists
+// through the catalog (catalog.go), the name's record for a name, and the
+// markers of previous versions where any are left (legacyindex.go), and
+// reads each resource where it is kept: a page reads the few records it
+// needs, whatever the number of stored resources.
 func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 	switch q.Kind {
 	case KindRequest, KindOrder, KindChallenge:
@@ -74,58 +79,309 @@ func (r Reader) List(ctx context.Context, q Query) (Page, error) {
 	}
 	limit = min(limit, 1000)
 
+	rv := newResolver(r.s)
 	var page Page
-	// take offers one candidate ID (newest first); it reports whether the
+	// take offers one candidate (newest first); it reports whether the
 	// page is full
-	take := func(id string) (bool, error) {
-		if q.After != "" && id >= q.After {
+	take := func(e catalogEntry) (bool, error) {
+		if q.After != "" && e.ID >= q.After {
 			return false, nil
 		}
-		b, err := r.s.storage.Load(ctx, r.s.key(q.Kind, id))
-		if isNotExist(err) {
-			return false, nil // trimmed meanwhile; its marker goes next
-		}
-		if err != nil {
-			if _, serr := r.s.storage.Load(ctx, r.s.sentinelKey()); serr == nil {
-				return false, nil // the store answers: only this value is unreadable (corrupt.go); list the rest
-			}
-			return false, storageErr("loading", r.s.key(q.Kind, id), err)
-		}
-		var head resourceHead
-		if json.Unmarshal(b, &head) != nil || belongsAt(q.Kind, id, &head) != nil {
-			return false, nil // not this marker's resource (corrupt.go)
+		raw, head, ok, err := r.resolve(ctx, rv, q.Kind, e)
+		if err != nil || !ok {
+			return false, err
 		}
 		if (q.State != "" && head.State != q.State) || (q.Name != "" && head.Name != q.Name) {
 			return false, nil
 		}
-		page.Items = append(page.Items, b)
+		page.Items = append(page.Items, raw)
 		if len(page.Items) == limit {
 			page.Next = head.ID
 			return true, nil
 		}
 		return false, nil
 	}
-
-	idx := r.s.indexPrefix(q.Kind)
 	var err error
-	switch {
-	case q.Name != "":
-		err = r.walkFlat(ctx, path.Join(idx, "name", certmagic.StorageKeys.Safe(q.Name)), take)
-	case q.State != "" && !IsFinal(q.Kind, q.State):
-		err = r.walkBuckets(ctx, r.s.inflightDir(q.Kind), q.After, take)
-	case q.State != "":
-		err = r.walkBuckets(ctx, r.s.stateDir(q.Kind, q.State), q.After, take)
-	default:
-		dirs := []string{r.s.inflightDir(q.Kind)}
-		for _, state := range FinalStates(q.Kind) {
-			dirs = append(dirs, r.s.stateDir(q.Kind, state))
-		}
-		err = r.walkMerged(ctx, dirs, q.After, limit, take)
+	if q.Name != "" {
+		err = r.listByName(ctx, rv, q, take)
+	} else {
+		err = r.listByKind(ctx, q, limit, take)
 	}
 	if err != nil {
 		return Page{}, err
 	}
 	return page, nil
+}
+
+// resolve reads the resource a candidate names, where its entry says it
+// is kept. ok is false when it is not there (trimmed meanwhile, or moved
+// on) or cannot be read while the store answers (corrupt.go): the list
+// goes on without it.
+func (r Reader) resolve(ctx context.Context, rv *resolver, kind string, e catalogEntry) (json.RawMessage, resourceHead, bool, error) {
+	var head resourceHead
+	if kind == KindRequest {
+		return r.resolveRequest(ctx, rv, e)
+	}
+	if e.In != "" {
+		v, ok, err := rv.embedded(ctx, e)
+		if err != nil || !ok {
+			return nil, head, false, err
+		}
+		raw, err := encodeShown(v)
+		if err != nil || json.Unmarshal(raw, &head) != nil {
+			return nil, head, false, err
+		}
+		return raw, head, true, nil
+	}
+	key := r.s.key(kind, e.ID)
+	b, err := r.s.storage.Load(ctx, key)
+	if isNotExist(err) {
+		return nil, head, false, nil // trimmed meanwhile; its entry goes later
+	}
+	if err != nil {
+		if _, serr := r.s.storage.Load(ctx, r.s.sentinelKey()); serr == nil {
+			return nil, head, false, nil // the store answers: only this value is unreadable (corrupt.go); list the rest
+		}
+		return nil, head, false, storageErr("loading", key, err)
+	}
+	if json.Unmarshal(b, &head) != nil || belongsAt(kind, e.ID, &head) != nil {
+		return nil, head, false, nil // not this entry's resource (corrupt.go)
+	}
+	return b, head, true, nil
+}
+
+// resolveRequest reads a request under its own key, through the
+// resolver (a name's list reads it there first), shown without the order
+// and challenges stored with it; a request in flight is in its name's
+// record.
+func (r Reader) resolveRequest(ctx context.Context, rv *resolver, e catalogEntry) (json.RawMessage, resourceHead, bool, error) {
+	var head resourceHead
+	cr, err := rv.request(ctx, e.ID)
+	if err != nil {
+		return nil, head, false, err
+	}
+	var v any = cr
+	if cr == nil {
+		// in flight: in its name's record, when its entry says so (once
+		// it ended, its own record is the only one that tells of it)
+		if e.In != storedInName {
+			return nil, head, false, nil
+		}
+		inName, ok, err := rv.embedded(ctx, e)
+		if err != nil || !ok {
+			return nil, head, false, err
+		}
+		v = inName
+	}
+	raw, err := encodeShown(v)
+	if err != nil || json.Unmarshal(raw, &head) != nil {
+		return nil, head, false, err
+	}
+	return raw, head, true, nil
+}
+
+// listByKind offers the catalog's entries of the query's kind (and, for a
+// state, those the catalog last saw in it: that state, or any state in
+// flight for a state in flight), merged with the markers of previous
+// versions where any are left.
+func (r Reader) listByKind(ctx context.Context, q Query, limit int, take func(catalogEntry) (bool, error)) error {
+	code := catalogKind(q.Kind)
+	final := q.State != "" && IsFinal(q.Kind, q.State)
+	keep := func(e catalogEntry) bool {
+		switch {
+		case e.Kind != code:
+			return false
+		case q.State == "":
+			return true
+		case final:
+			return e.State == q.State
+		}
+		return !IsFinal(q.Kind, e.State)
+	}
+	if !r.s.hasLegacyIndex(ctx, q.Kind) {
+		return r.s.walkCatalog(ctx, q.After, "", keep, take)
+	}
+	cursor := q.After
+	for range maxMergeRounds {
+		var fromCatalog []catalogEntry
+		err := r.s.walkCatalog(ctx, cursor, "", keep, func(e catalogEntry) (bool, error) {
+			fromCatalog = append(fromCatalog, e)
+			return len(fromCatalog) == limit, nil
+		})
+		if err != nil {
+			return err
+		}
+		fromLegacy, moreLegacy, err := r.legacyIDs(ctx, q, final, cursor, limit)
+		if err != nil {
+			return err
+		}
+		moreCatalog := len(fromCatalog) == limit
+		boundary := ""
+		if moreCatalog {
+			boundary = fromCatalog[len(fromCatalog)-1].ID
+		}
+		if moreLegacy && fromLegacy[len(fromLegacy)-1] > boundary {
+			boundary = fromLegacy[len(fromLegacy)-1]
+		}
+		byID := map[string]catalogEntry{}
+		for _, id := range fromLegacy {
+			byID[id] = catalogEntry{Kind: code, ID: id}
+		}
+		for _, e := range fromCatalog {
+			byID[e.ID] = e
+		}
+		merged := make([]catalogEntry, 0, len(byID))
+		for _, e := range byID {
+			merged = append(merged, e)
+		}
+		slices.SortFunc(merged, func(a, b catalogEntry) int { return strings.Compare(b.ID, a.ID) })
+		more := moreCatalog || moreLegacy
+		for _, e := range merged {
+			if more && e.ID < boundary {
+				break
+			}
+			if full, err := take(e); err != nil || full {
+				return err
+			}
+		}
+		if !more {
+			return nil
+		}
+		cursor = boundary
+	}
+	return fmt.Errorf("listing %s: more than %d rounds", q.Kind, maxMergeRounds)
+}
+
+// legacyIDs returns up to n IDs older than after from the previous
+// versions' markers of the query's kind (and state), newest first, and
+// whether there may be more.
+func (r Reader) legacyIDs(ctx context.Context, q Query, final bool, after string, n int) ([]string, bool, error) {
+	var ids []string
+	full := func(id string) (bool, error) {
+		if after != "" && id >= after {
+			return false, nil
+		}
+		ids = append(ids, id)
+		return len(ids) == n, nil
+	}
+	var err error
+	switch {
+	case q.State != "" && !final:
+		err = r.walkBuckets(ctx, r.s.inflightDir(q.Kind), after, full)
+	case q.State != "":
+		err = r.walkBuckets(ctx, r.s.stateDir(q.Kind, q.State), after, full)
+	default:
+		dirs := []string{r.s.inflightDir(q.Kind)}
+		for _, state := range FinalStates(q.Kind) {
+			dirs = append(dirs, r.s.stateDir(q.Kind, state))
+		}
+		err = r.walkMerged(ctx, dirs, after, n, full)
+	}
+	return ids, len(ids) == n, err
+}
+
+// listByName offers the resources of one name, newest first: its recent
+// requests (its record's Recent), their orders and challenges, and the
+// markers of previous versions where any are left.
+func (r Reader) listByName(ctx context.Context, rv *resolver, q Query, take func(catalogEntry) (bool, error)) error {
+	rec, err := rv.name(ctx, q.Name)
+	if err != nil {
+		return err
+	}
+	byID := map[string]catalogEntry{}
+	if rec != nil {
+		ids := slices.Clone(rec.Recent)
+		if rec.LastRequest != "" && !slices.Contains(ids, rec.LastRequest) {
+			ids = append(ids, rec.LastRequest)
+		}
+		for _, id := range ids {
+			if err := r.nameCandidates(ctx, rv, rec, q.Kind, id, byID); err != nil {
+				return err
+			}
+		}
+	}
+	if r.s.hasLegacyIndex(ctx, q.Kind) {
+		ids, err := r.listIDs(ctx, r.s.nameMarkerDir(q.Kind, q.Name))
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if _, ok := byID[id]; !ok {
+				byID[id] = catalogEntry{Kind: catalogKind(q.Kind), ID: id, Name: q.Name}
+			}
+		}
+	}
+	all := make([]catalogEntry, 0, len(byID))
+	for _, e := range byID {
+		all = append(all, e)
+	}
+	slices.SortFunc(all, func(a, b catalogEntry) int { return strings.Compare(b.ID, a.ID) })
+	for _, e := range all {
+		if full, err := take(e); err != nil || full {
+			return err
+		}
+	}
+	return nil
+}
+
+// nameCandidates adds what one request of the name holds of kind to byID,
+// each with where it is kept.
+func (r Reader) nameCandidates(ctx context.Context, rv *resolver, rec *NameRecord, kind, requestID string, byID map[string]catalogEntry) error {
+	code := catalogKind(kind)
+	cr, err := rv.request(ctx, requestID)
+	if err != nil {
+		return err
+	}
+	if cr == nil {
+		if rec.Request == nil || rec.Request.ID != requestID {
+			return nil // trimmed, or never written
+		}
+		cr = rec.Request // in flight
+	}
+	switch kind {
+	case KindRequest:
+		e := catalogEntry{Kind: code, ID: cr.ID, Name: rec.Name}
+		if rec.Request != nil && rec.Request.ID == cr.ID {
+			e.In = storedInName // its own record first, else in flight
+		}
+		byID[cr.ID] = e
+	case KindOrder:
+		switch o := cr.OrderRecord; {
+		case o != nil:
+			if _, ok := byID[o.ID]; !ok || byID[o.ID].In != "" {
+				byID[o.ID] = catalogEntry{Kind: code, ID: o.ID, Name: rec.Name, In: requestID}
+			}
+		case cr.Order != "" && rec.Order != nil && rec.Order.ID == cr.Order:
+			byID[cr.Order] = catalogEntry{Kind: code, ID: cr.Order, Name: rec.Name, In: storedInName}
+		case cr.Order != "":
+			byID[cr.Order] = catalogEntry{Kind: code, ID: cr.Order, Name: rec.Name} // its own record
+		}
+	case KindChallenge:
+		stored := map[string]bool{}
+		for _, ch := range cr.ChallengeRecords {
+			stored[ch.ID] = true
+			byID[ch.ID] = catalogEntry{Kind: code, ID: ch.ID, Name: rec.Name, In: requestID}
+		}
+		var challenges []string
+		if o := cr.OrderRecord; o != nil {
+			challenges = o.Challenges
+		} else if cr.Order != "" {
+			// an earlier version's request, or one still in flight: its
+			// order has a record of its own, or is in the name's record
+			var o Order
+			if err := r.s.inspect(ctx, KindOrder, cr.Order, &o); err == nil {
+				challenges = o.Challenges
+			} else if rec.Order != nil && rec.Order.ID == cr.Order {
+				challenges = rec.Order.Challenges
+			}
+		}
+		for _, id := range challenges {
+			if !stored[id] {
+				byID[id] = catalogEntry{Kind: code, ID: id, Name: rec.Name} // its own record
+			}
+		}
+	}
+	return nil
 }
 
 // walkFlat offers the IDs in one folder, newest first.
@@ -327,61 +583,118 @@ func (r Reader) Status(ctx context.Context, name string) (NameStatus, error) {
 	case err != nil:
 		return st, err
 	}
-	st.Record = &rec
+	st.Record = shownRecord(&rec)
 	st.BackingOff = rec.NextAttempt.After(time.Now())
-	if rec.LastRequest != "" {
-		var cr CertificateRequest
-		if err := r.s.inspect(ctx, KindRequest, rec.LastRequest, &cr); err == nil {
-			st.Request = &cr
-		} else {
-			problem(err)
+	// the latest request: its own record once it ended (with its order
+	// and challenges), else the one in flight in the name's record
+	var latest *CertificateRequest
+	if id := rec.LastRequest; id != "" {
+		latest = r.statusRequest(ctx, &rec, id, problem)
+		if latest != nil {
+			st.Request = shownRequest(latest)
 		}
 	}
 	if id := rec.LastRenewal; id != "" {
-		if st.Request != nil && st.Request.ID == id {
+		if latest != nil && latest.ID == id {
 			st.LastRenewal = st.Request
-		} else {
-			var cr CertificateRequest
-			if err := r.s.inspect(ctx, KindRequest, id, &cr); err == nil {
-				st.LastRenewal = &cr
-			} else {
-				problem(err)
+		} else if cr := r.statusRequest(ctx, &rec, id, problem); cr != nil {
+			st.LastRenewal = shownRequest(cr)
+			if o, _ := r.statusOrder(ctx, &rec, cr, cr.Order, problem); o != nil {
+				st.LastRenewalOrder = o
 			}
 		}
 	}
 	orderID := rec.CurrentOrder
-	if st.Request != nil && st.Request.Order != "" {
-		orderID = st.Request.Order
+	if latest != nil && latest.Order != "" {
+		orderID = latest.Order
 	}
 	if orderID != "" {
-		var o Order
-		if err := r.s.inspect(ctx, KindOrder, orderID, &o); err == nil {
-			st.Order = &o
+		o, records := r.statusOrder(ctx, &rec, latest, orderID, problem)
+		if o != nil {
+			st.Order = o
 			for _, id := range o.Challenges {
-				var ch Challenge
-				if err := r.s.inspect(ctx, KindChallenge, id, &ch); err == nil {
-					st.Challenges = append(st.Challenges, ch)
-				} else {
-					problem(err)
+				if ch := r.statusChallenge(ctx, id, records, problem); ch != nil {
+					st.Challenges = append(st.Challenges, *ch)
 				}
 			}
-		} else {
-			problem(err)
 		}
 	}
-	if lr := st.LastRenewal; lr != nil && lr.Order != "" {
-		if st.Order != nil && st.Order.ID == lr.Order {
-			st.LastRenewalOrder = st.Order
-		} else {
-			var o Order
-			if err := r.s.inspect(ctx, KindOrder, lr.Order, &o); err == nil {
-				st.LastRenewalOrder = &o
-			} else {
-				problem(err)
-			}
-		}
+	if lr := st.LastRenewal; lr != nil && lr.Order != "" && st.Order != nil && st.Order.ID == lr.Order {
+		st.LastRenewalOrder = st.Order
 	}
 	return st, nil
+}
+
+// statusRequest reads a request of the name for its status: its own
+// record, else the one the name's record holds in flight.
+func (r Reader) statusRequest(ctx context.Context, rec *NameRecord, id string, problem func(error) bool) *CertificateRequest {
+	var cr CertificateRequest
+	err := r.s.inspect(ctx, KindRequest, id, &cr)
+	switch {
+	case err == nil:
+		return &cr
+	case isNotExist(err) && rec.Request != nil && rec.Request.ID == id:
+		return rec.Request
+	}
+	problem(err)
+	return nil
+}
+
+// statusOrder reads an order for a status: its own record where it has
+// one (an earlier version's, or one that ended apart from a request), else
+// the copy in its request's record, else the one in flight in the name's
+// record. It returns the challenges stored with it too.
+func (r Reader) statusOrder(ctx context.Context, rec *NameRecord, cr *CertificateRequest, id string, problem func(error) bool) (*Order, []Challenge) {
+	var records []Challenge
+	if cr != nil {
+		records = cr.ChallengeRecords
+	}
+	var o Order
+	err := r.s.inspect(ctx, KindOrder, id, &o)
+	switch {
+	case err == nil:
+		return &o, records
+	case !isNotExist(err):
+		problem(err)
+		return nil, records
+	}
+	if cr != nil && cr.OrderRecord != nil && cr.OrderRecord.ID == id {
+		return cr.OrderRecord, records
+	}
+	if rec.Order != nil && rec.Order.ID == id {
+		return rec.Order, records
+	}
+	return nil, records
+}
+
+// statusChallenge reads a challenge for a status: its own record where it
+// has one, else its copy among records (its request's).
+func (r Reader) statusChallenge(ctx context.Context, id string, records []Challenge, problem func(error) bool) *Challenge {
+	for i := range records {
+		if records[i].ID == id && !records[i].Times.Presented.IsZero() && !records[i].CleanedUp {
+			break // its answer was left: maintenance may have recorded more in its own record
+		}
+		if records[i].ID == id {
+			ch := records[i]
+			return &ch
+		}
+	}
+	var ch Challenge
+	err := r.s.inspect(ctx, KindChallenge, id, &ch)
+	if err == nil {
+		return &ch
+	}
+	if !isNotExist(err) {
+		problem(err)
+		return nil
+	}
+	for i := range records {
+		if records[i].ID == id {
+			ch := records[i]
+			return &ch
+		}
+	}
+	return nil
 }
 
 // ErrInFlight means an issuance of the name holds its lock now.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,13 +21,17 @@ import (
 // find it by.
 type synthetic struct {
 	kind, id, name, state string
+	request               string // the request it belongs to
 }
 
-// writeSynthetic writes n resources of each kind through the store, so the
-// index is kept the way the engine keeps it: each is created in an
-// in-flight state and most are then moved to a final one. Names cycle over
-// `names` distinct values; IDs are spaced 1 ms apart from base, so their
-// order is known. It returns every resource written, oldest first.
+// writeSynthetic writes n resources of each kind the way the engine keeps
+// them: a finished request with its order and challenge in its record, a
+// request in flight (every 5th) and its order and challenge in records of
+// their own, a challenge whose self-check keeps failing (every 13th) in
+// its own record; each name's record with its recent requests; the
+// catalog through the background writer. Names cycle over `names`
+// distinct values; IDs are spaced 1 ms apart from base, so their order is
+// known. It returns every resource written, oldest first.
 func writeSynthetic(t testing.TB, s store, n, names int, base time.Time) []synthetic {
 	t.Helper()
 	ctx := context.Background()
@@ -64,8 +69,24 @@ func writeSynthetic(t testing.TB, s store, n, names int, base time.Time) []synth
 		t.Fatal(err)
 	default:
 	}
-	FlushIndex(10 * time.Minute) // markers are written in the background
 	slices.SortFunc(out, func(a, b synthetic) int { return cmpString(a.id, b.id) })
+	// each name's record, with its latest requests
+	recent := map[string][]string{}
+	for _, r := range out {
+		if r.kind == KindRequest {
+			recent[r.name] = append(recent[r.name], r.id)
+		}
+	}
+	for name, ids := range recent {
+		if len(ids) > maxRecentRequests {
+			ids = ids[len(ids)-maxRecentRequests:]
+		}
+		rec := &NameRecord{Version: SchemaVersion, Name: name, LastRequest: ids[len(ids)-1], Recent: ids, Updated: base}
+		if err := s.save(ctx, kindNames, name, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	FlushIndex(10 * time.Minute) // the catalog is written in the background
 	return out
 }
 
@@ -83,14 +104,10 @@ func cmpString(a, b string) int {
 func writeOne(ctx context.Context, s store, i, names int, base time.Time) ([]synthetic, error) {
 	now := base.Add(time.Duration(i) * time.Millisecond)
 	name := fmt.Sprintf("name-%03d.test", i%names)
-	var out []synthetic
 
-	// requests: every 5th stays pending, every 3rd of the rest failed
+	// requests: every 5th in flight, every 3rd of the rest failed
 	cr := &CertificateRequest{Version: SchemaVersion, ID: newID(now), Name: name, Identifiers: []string{name},
 		State: RequestPending, Created: now, Updated: now}
-	if err := s.saveResource(ctx, KindRequest, cr.ID, cr.Name, "", cr.State, cr); err != nil {
-		return nil, err
-	}
 	switch {
 	case i%5 == 0:
 	case i%3 == 0:
@@ -98,64 +115,73 @@ func writeOne(ctx context.Context, s store, i, names int, base time.Time) ([]syn
 	default:
 		cr.State = RequestReady
 	}
-	if cr.State != RequestPending {
-		if err := s.saveResource(ctx, KindRequest, cr.ID, cr.Name, RequestPending, cr.State, cr); err != nil {
-			return nil, err
-		}
-	}
-	out = append(out, synthetic{KindRequest, cr.ID, name, cr.State})
-
-	// orders: pending, then valid (or invalid every 7th, processing every 11th)
+	// orders: valid (or invalid every 7th, processing every 11th)
 	o := &Order{Version: SchemaVersion, ID: newID(now.Add(100 * time.Microsecond)), Request: cr.ID, Name: name,
-		Identifiers: []string{name}, State: OrderPending, Created: now, Updated: now}
-	if err := s.saveResource(ctx, KindOrder, o.ID, o.Name, "", o.State, o); err != nil {
-		return nil, err
-	}
-	prev := o.State
+		Identifiers: []string{name}, State: OrderValid, Created: now, Updated: now}
 	switch {
 	case i%11 == 0:
 		o.State = OrderProcessing
 	case i%7 == 0:
 		o.State = OrderInvalid
-	default:
-		o.State = OrderValid
 	}
-	if err := s.saveResource(ctx, KindOrder, o.ID, o.Name, prev, o.State, o); err != nil {
-		return nil, err
-	}
-	out = append(out, synthetic{KindOrder, o.ID, name, o.State})
-
-	// challenges: queued, then through presented to valid (or errored)
+	cr.Order = o.ID
+	// challenges: valid (or errored every 4th), still presented every 13th
 	ch := &Challenge{Version: SchemaVersion, ID: newID(now.Add(200 * time.Microsecond)), Order: o.ID, Name: name,
-		Type: "http-01", Token: "tok", State: ChallengeQueued, Created: now, Updated: now}
-	if err := s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, "", ch.State, ch); err != nil {
-		return nil, err
-	}
-	path := []string{ChallengeScheduled, ChallengePresented}
+		Type: "http-01", Token: "tok", State: ChallengeValid, Created: now, Updated: now}
 	switch {
-	case i%13 == 0: // still presented
+	case i%13 == 0:
+		ch.State = ChallengePresented
 	case i%4 == 0:
-		path = append(path, ChallengeErrored)
-	default:
-		path = append(path, ChallengeSelfChecked, ChallengeAccepted, ChallengeValid)
+		ch.State = ChallengeErrored
 	}
-	for _, next := range path {
-		from := ch.State
-		ch.State = next
-		if err := s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, from, ch.State, ch); err != nil {
+	o.Challenges = []string{ch.ID}
+	out := []synthetic{{KindRequest, cr.ID, name, cr.State, cr.ID}, {KindOrder, o.ID, name, o.State, cr.ID}, {KindChallenge, ch.ID, name, ch.State, cr.ID}}
+
+	if cr.State == RequestPending || ch.State == ChallengePresented {
+		// in flight: records of their own
+		if err := s.saveResource(ctx, KindChallenge, ch.ID, ch.Name, ch.State, ch); err != nil {
 			return nil, err
 		}
+		if cr.State == RequestPending {
+			if err := s.saveResource(ctx, KindOrder, o.ID, o.Name, o.State, o); err != nil {
+				return nil, err
+			}
+			return out, s.saveResource(ctx, KindRequest, cr.ID, cr.Name, cr.State, cr)
+		}
+	} else {
+		cr.ChallengeRecords = []Challenge{*ch}
 	}
-	out = append(out, synthetic{KindChallenge, ch.ID, name, ch.State})
+	cr.OrderRecord = o
+	if err := s.save(ctx, KindRequest, cr.ID, cr); err != nil {
+		return nil, err
+	}
+	catalog.submit(s, KindRequest, cr.ID, name, cr.State, "")
+	catalog.submit(s, KindOrder, o.ID, name, o.State, cr.ID)
+	if len(cr.ChallengeRecords) > 0 {
+		catalog.submit(s, KindChallenge, ch.ID, name, ch.State, cr.ID)
+	}
 	return out, nil
 }
 
-// expected returns the IDs List should return for q, newest first.
+// expected returns the IDs List should return for q, newest first: by
+// name, those of the name's latest maxRecentRequests requests.
 func expected(all []synthetic, q Query) []string {
+	recent := map[string]bool{}
+	if q.Name != "" {
+		var reqs []string
+		for _, r := range all {
+			if r.kind == KindRequest && r.name == q.Name {
+				reqs = append(reqs, r.id)
+			}
+		}
+		for _, id := range reqs[max(0, len(reqs)-maxRecentRequests):] {
+			recent[id] = true
+		}
+	}
 	var ids []string
 	for i := len(all) - 1; i >= 0; i-- {
 		r := all[i]
-		if r.kind != q.Kind || (q.Name != "" && r.name != q.Name) || (q.State != "" && r.state != q.State) {
+		if r.kind != q.Kind || (q.Name != "" && (r.name != q.Name || !recent[r.request])) || (q.State != "" && r.state != q.State) {
 			continue
 		}
 		if q.After != "" && r.id >= q.After {
@@ -385,11 +411,13 @@ func TestReaderStatusAndClearBackoff(t *testing.T) {
 }
 
 // TestListPageCost: with many resources stored, a page of 100 loads no
-// value the index did not offer as a candidate for it: the resources of
-// the folder its query walks (the name's, the state's, the kind's in
-// flight, or every one of the kind), newest first, down to the page's last
-// item. It returns exactly the expected items. How long a page takes is
-// BenchmarkListPage's to measure.
+// resource the catalog (or the name's record) did not offer as a candidate
+// for it: the resources of the name, the state, the kind in flight, or
+// the kind, newest first, down to the page's last item (a name's record
+// too, for a name); and only the catalog records whose windows reach down
+// to that item: one per catalogRecordSize entries of any kind in that
+// span, and one more. It returns exactly the expected items. How long a
+// page takes is BenchmarkListPage's to measure.
 func TestListPageCost(t *testing.T) {
 	n := 500
 	if testing.Short() {
@@ -399,8 +427,8 @@ func TestListPageCost(t *testing.T) {
 	fast := store{storage: unsyncedFileStorage{s.storage.(*certmagic.FileStorage)}, issuerKey: s.issuerKey}
 	all := writeSynthetic(t, fast, n, 97, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	for _, q := range listBenchQueries() {
-		obs := &countingObserver{}
-		r := NewReader(CountStorageCalls(s.storage, obs), s.issuerKey)
+		counted := &loadsByFolder{Storage: s.storage, loads: map[string]int{}}
+		r := NewReader(counted, s.issuerKey)
 		page, err := r.List(context.Background(), q)
 		if err != nil {
 			t.Fatalf("List(%+v): %v", q, err)
@@ -419,28 +447,58 @@ func TestListPageCost(t *testing.T) {
 			t.Errorf("List(%+v): %d items, want the %d newest of %d: got %v, want %v", q, len(got), len(want), len(expected(all, q)), abbrev(got), abbrev(want))
 			continue
 		}
-		var loads int64
-		for _, outcome := range StorageOutcomes() {
-			loads += obs.get(StorageLoad, outcome)
-		}
-		candidates := 0
+		last := got[len(got)-1]
+		candidates, span := 0, 0
 		for _, r := range all {
-			if r.kind == q.Kind && r.id >= got[len(got)-1] && walkedFolderHolds(q, r) {
+			if r.id < last {
+				continue
+			}
+			span++
+			if r.kind == q.Kind && walkedFolderHolds(q, r) {
 				candidates++
 			}
 		}
-		t.Logf("List %-10s name=%-14q state=%-8q limit=%d over %d: %d items, %d values loaded of %d candidates",
-			q.Kind, q.Name, q.State, q.Limit, n, len(got), loads, candidates)
-		if loads > int64(candidates) {
-			t.Errorf("List(%+v) loaded %d values for %d items; the index offers %d candidates down to the page's last item", q, loads, len(got), candidates)
+		resources := counted.loads[KindRequest] + counted.loads[KindOrder] + counted.loads[KindChallenge]
+		names := counted.loads[kindNames]
+		records := counted.loads[catalogDir]
+		t.Logf("List %-10s name=%-14q state=%-8q limit=%d over %d: %d items, %d resources and %d name records loaded of %d candidates, %d catalog records for %d entries",
+			q.Kind, q.Name, q.State, q.Limit, n, len(got), resources, names, candidates, records, span)
+		if resources > candidates {
+			t.Errorf("List(%+v) loaded %d resources for %d items; %d candidates down to the page's last item", q, resources, len(got), candidates)
+		}
+		if wantNames := map[bool]int{true: 1, false: 0}[q.Name != ""]; names > wantNames {
+			t.Errorf("List(%+v) loaded %d name records, want at most %d", q, names, wantNames)
+		}
+		if bound := (span+catalogRecordSize-1)/catalogRecordSize + 1; q.Name == "" && records > bound {
+			t.Errorf("List(%+v) loaded %d catalog records for %d entries down to the page's last item, want at most %d", q, records, span, bound)
+		}
+		if q.Name != "" && records != 0 {
+			t.Errorf("List(%+v) loaded %d catalog records: a name's list starts from its record", q, records)
 		}
 	}
 }
 
-// walkedFolderHolds reports whether the index folder List walks for q holds
-// r: the name's folder for a name, the kind's in-flight folder for a state
-// that is not final, the state's folder for a final one, or every folder of
-// the kind.
+// loadsByFolder counts the loads of a storage by the folder certflow keeps
+// them in (requests, orders, challenges, names, catalog, ...).
+type loadsByFolder struct {
+	certmagic.Storage
+	mu    sync.Mutex
+	loads map[string]int
+}
+
+func (l *loadsByFolder) Load(ctx context.Context, key string) ([]byte, error) {
+	parts := strings.Split(key, "/")
+	if len(parts) > 2 {
+		l.mu.Lock()
+		l.loads[parts[2]]++
+		l.mu.Unlock()
+	}
+	return l.Storage.Load(ctx, key)
+}
+
+// walkedFolderHolds reports whether List offers r as a candidate for q:
+// the name's resources for a name, those in flight for a state that is
+// not final, those in the state for a final one, or every one of the kind.
 func walkedFolderHolds(q Query, r synthetic) bool {
 	switch {
 	case q.Name != "":

@@ -98,7 +98,7 @@ func TestStatusAndListsChangeNothing(t *testing.T) {
 	}
 	// index markers, so that the lists load the resources too
 	for _, m := range []struct{ kind, id, state string }{{KindRequest, "r1", RequestPending}, {KindOrder, "o1", OrderPending}, {KindChallenge, "c1", ChallengePresented}} {
-		markers.submit(s, m.kind, m.id, "x.test", "", m.state)
+		catalog.submit(s, m.kind, m.id, "x.test", m.state, "")
 	}
 	FlushIndex(time.Minute)
 

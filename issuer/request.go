@@ -109,7 +109,8 @@ func (w *workflow) run(ctx context.Context) (*certmagic.IssuedCertificate, error
 		w.rec.LastRenewal = w.cr.ID // written with the next write of the record
 	}
 	forced.report(w.cr.ID)
-	// committed with the order it produces (or its failure): see SaveRules
+	// written with the order it produces, in the name's record (or with
+	// its failure): see SaveRules
 	w.observer().RequestChanged(*w.cr)
 	fields := []zap.Field{zapRequest(w.cr.ID), zapState(w.cr.State), zap.Bool("on_demand", w.req.OnDemand),
 		zap.Int("attempt", w.cr.Attempt), zap.String("kind", w.cr.Kind)}
@@ -182,13 +183,6 @@ func (w *workflow) obtain(ctx context.Context) (*certmagic.IssuedCertificate, er
 	if err != nil {
 		return nil, err
 	}
-	w.order = o
-	if w.cr.Order != o.order.ID { // resumed: the request now points at it
-		w.cr.Order = o.order.ID
-		if err := w.commitRequest(ctx); err != nil {
-			return nil, err
-		}
-	}
 	return o.complete(ctx)
 }
 
@@ -199,20 +193,21 @@ func (w *workflow) recordSuccess(ctx context.Context) {
 	w.cr.State, w.cr.Reason, w.cr.Updated = RequestReady, "", now
 	w.cr.Took = Duration(now.Sub(w.started))
 	w.order.advance(OrderValid, "")
-	// the valid order, the ready request and the name: independent writes.
-	// The name is written only when it has a failure to forget: its
-	// current order, now valid, is never resumed (resumeOrder skips a
-	// finished order), so clearing it is not worth a synced write.
+	// the request's record, with the valid order and its challenges: the
+	// issuance's one write. The name's record is written only when it has
+	// a failure to forget: its current order, now valid, is never resumed
+	// (findOrder finds it valid in the request's record), so clearing it
+	// is not worth a write.
 	writes := []func() error{
-		func() error { return w.order.commit(ctx) },
-		func() error { return w.commitRequest(ctx) },
+		func() error { return w.writeRequestRecord(ctx) },
+		func() error { return w.order.commitOwn(ctx) },
 	}
 	w.engine.backoffs.note(w.opts.IssuerKey, w.name, time.Time{}, "", now)
 	// a renewal is written too, so the record points at it (status shows
-	// the last renewal's outcome); a resumed order wrote no record
-	if w.rec.Failures != 0 || !w.rec.NextAttempt.IsZero() || w.rec.LastError != "" || (w.cr.Kind == RequestRenewal && w.order.resumed) {
+	// the last renewal's outcome); a resumed order wrote the record with it
+	if w.rec.Failures != 0 || !w.rec.NextAttempt.IsZero() || w.rec.LastError != "" {
 		w.rec.Failures, w.rec.NextAttempt, w.rec.LastError, w.rec.CurrentOrder = 0, time.Time{}, "", ""
-		writes = append(writes, func() error { return w.saveNameRecord(ctx) })
+		writes = append(writes, func() error { return w.writeNameRecord(ctx, false) })
 	}
 	if err := parallel(writes...); err != nil {
 		w.logger.Error("recording the issued certificate", zapRequest(w.cr.ID), zap.Error(err))
@@ -266,7 +261,7 @@ func (w *workflow) recordFailure(ctx context.Context, cause error) error {
 	w.cr.ChargedTo = party
 	w.cr.NextAttempt = nextAttempt
 	w.cr.Took = Duration(now.Sub(w.started))
-	if err := parallel(func() error { return w.saveNameRecord(ctx) }, func() error { return w.commitRequest(ctx) }); err != nil {
+	if err := parallel(func() error { return w.writeNameRecord(ctx, false) }, func() error { return w.writeRequestRecord(ctx) }); err != nil {
 		w.logger.Error("recording the failure", zapRequest(w.cr.ID), zap.Error(err))
 	}
 	w.logger.Error("certificate request failed", zapRequest(w.cr.ID), zapOrder(w.cr.Order),
@@ -299,24 +294,6 @@ func (w *workflow) loadNameRecord(ctx context.Context) (*NameRecord, error) {
 		return nil, err
 	}
 	return &NameRecord{Version: SchemaVersion, Name: w.name}, nil
-}
-
-func (w *workflow) saveNameRecord(ctx context.Context) error {
-	w.rec.Version, w.rec.Updated = SchemaVersion, time.Now()
-	if w.cr != nil {
-		w.rec.LastRequest = w.cr.ID
-	}
-	return w.store.save(ctx, kindNames, w.name, w.rec)
-}
-
-// commitRequest writes the CertificateRequest as it is now.
-func (w *workflow) commitRequest(ctx context.Context) error {
-	w.cr.Updated = time.Now()
-	if err := w.store.saveResource(ctx, KindRequest, w.cr.ID, w.cr.Name, w.cr.indexed, w.cr.State, w.cr); err != nil {
-		return err
-	}
-	w.cr.indexed = w.cr.State
-	return nil
 }
 
 func identifierValues(ids []acme.Identifier) []string {

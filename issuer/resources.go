@@ -43,7 +43,15 @@ type CertificateRequest struct {
 	Updated     time.Time `json:"updated"`
 	Took        Duration  `json:"took,omitempty"`
 
-	indexed string // the state the index shows; "" until first saved
+	// OrderRecord and ChallengeRecords are the request's order and
+	// challenges as they were when the request ended, stored with it: a
+	// finished issuance is one write. An order or a challenge that has a
+	// record of its own (orders/, challenges/: one that waited in the
+	// queue, failed a self-check, was published by DNS-01, ended apart
+	// from its request, or was written by an earlier version) is
+	// authoritative over its copy here.
+	OrderRecord      *Order      `json:"order_record,omitempty"`
+	ChallengeRecords []Challenge `json:"challenge_records,omitempty"`
 }
 
 // Order mirrors an ACME order.
@@ -79,8 +87,6 @@ type Order struct {
 	// was made again without.
 	Replaces        string `json:"replaces,omitempty"`
 	ReplacesRefused string `json:"replaces_refused,omitempty"`
-
-	indexed string // the state the index shows; "" until first saved
 }
 
 // Challenge is one identifier's authorization being solved.
@@ -114,7 +120,9 @@ type Challenge struct {
 	Updated  time.Time      `json:"updated"`
 	Times    ChallengeTimes `json:"times"`
 
-	indexed string // the state the index shows; "" until first saved
+	// stored is true once the challenge has a record of its own
+	// (challenges/<id>): its later states are written there too.
+	stored bool
 }
 
 // ChallengeTimes records when each lifecycle step was reached.
@@ -128,13 +136,27 @@ type ChallengeTimes struct {
 }
 
 // NameRecord is certflow's memory of one name, kept apart from the bounded
-// history so retention never erases it: the order in progress (resumed after
-// a restart), the failure backoff, and which challenge type to try next.
+// history: the order in progress (resumed after a restart), the failure
+// backoff, and which challenge type to try next. It is written when an
+// order is made or resumed and when a request fails (or succeeds after
+// failures), and deleted by maintenance once there is nothing left to
+// remember (nameexpiry.go).
 type NameRecord struct {
 	Version      int    `json:"version"`
 	Name         string `json:"name"`
 	CurrentOrder string `json:"current_order,omitempty"`
 	LastRequest  string `json:"last_request,omitempty"`
+	// Request and Order are the request in flight and the order it works
+	// on, as they were when the record was last written: the order a
+	// restart resumes (CurrentOrder), and what the status views show
+	// until the request's own record is written. Once that record exists
+	// (requests/<LastRequest>) they are stale.
+	Request *CertificateRequest `json:"request,omitempty"`
+	Order   *Order              `json:"order,omitempty"`
+	// Recent are the IDs of the name's latest CertificateRequests, oldest
+	// first, at most maxRecentRequests: the admin lists by name start
+	// from them.
+	Recent []string `json:"recent,omitempty"`
 	// LastRenewal is the latest CertificateRequest that renewed the
 	// name's certificate.
 	LastRenewal string    `json:"last_renewal,omitempty"`

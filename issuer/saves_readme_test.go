@@ -7,7 +7,7 @@ import (
 )
 
 // readmeStateTableHeader is the header of the README's table of states.
-const readmeStateTableHeader = "| resource | state | final | saved | why |"
+const readmeStateTableHeader = "| resource | state | final | written in | why |"
 
 // readmeKinds maps the README's resource names to kinds.
 var readmeKinds = map[string]string{
@@ -18,7 +18,7 @@ var readmeKinds = map[string]string{
 
 // TestReadmeStateTable: the README's table of states lists every state of
 // every kind, in lifecycle order (States), says which are final
-// (FinalStates), and which are saved at once and why, word for word as
+// (FinalStates), and where each is written and why, word for word as
 // SaveRules says.
 func TestReadmeStateTable(t *testing.T) {
 	b, err := os.ReadFile("../README.md")
@@ -37,7 +37,7 @@ func TestReadmeStateTable(t *testing.T) {
 		t.Fatalf("the README has no table headed %q", readmeStateTableHeader)
 	}
 
-	type row struct{ kind, state, final, saved, why string }
+	type row struct{ kind, state, final, where, why string }
 	var rows []row
 	for _, l := range lines[start:] {
 		if !strings.HasPrefix(l, "|") {
@@ -84,8 +84,12 @@ func TestReadmeStateTable(t *testing.T) {
 			if want := yesNo(IsFinal(kind, state)); r.final != want {
 				t.Errorf("%s %s: final %q, want %q", kind, state, r.final, want)
 			}
-			if want := yesNo(rule.Saved); r.saved != want {
-				t.Errorf("%s %s: saved %q, want %q", kind, state, r.saved, want)
+			want := rule.Where
+			if want == NotWritten {
+				want = "no"
+			}
+			if r.where != want {
+				t.Errorf("%s %s: written in %q, want %q", kind, state, r.where, want)
 			}
 			if r.why != rule.Why {
 				t.Errorf("%s %s: why\n%q\nwant SaveRules'\n%q", kind, state, r.why, rule.Why)

@@ -57,10 +57,15 @@ const (
 	StorageOK StorageOutcome = iota
 	StorageNotFound
 	StorageError
+	// StorageBusy is a lock not taken because the caller stopped waiting
+	// (its context ended): another process holds it. A caller that only
+	// tries a lock (a sweep one process of a cluster runs) gets this
+	// whenever it loses the race; it is no failure of the storage.
+	StorageBusy
 	numStorageOutcomes
 )
 
-var storageOutcomeNames = [numStorageOutcomes]string{"ok", "not_found", "error"}
+var storageOutcomeNames = [numStorageOutcomes]string{"ok", "not_found", "error", "busy"}
 
 func (o StorageOutcome) String() string {
 	if o < numStorageOutcomes {
@@ -193,7 +198,11 @@ func (c *countingStorage) Stat(ctx context.Context, key string) (certmagic.KeyIn
 
 func (c *countingStorage) Lock(ctx context.Context, name string) error {
 	err := c.inner.Lock(ctx, name)
-	c.obs.StorageCalled(StorageLock, outcomeOf(err))
+	outcome := outcomeOf(err)
+	if err != nil && ctx.Err() != nil {
+		outcome = StorageBusy
+	}
+	c.obs.StorageCalled(StorageLock, outcome)
 	return err
 }
 

@@ -78,12 +78,13 @@ func TestCountStorageCallsOutcomes(t *testing.T) {
 	step(want{StorageUnlock, StorageOK}, func() error { return s.Unlock(ctx, "certflow_test_lock") })
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
-	// another holder's lock and a cancelled wait: an error
+	// another holder's lock and a wait the caller ended: busy, not a
+	// failure of the storage
 	if err := fs.Lock(ctx, "held"); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = fs.Unlock(ctx, "held") }()
-	step(want{StorageLock, StorageError}, func() error { return s.Lock(cancelled, "held") })
+	step(want{StorageLock, StorageBusy}, func() error { return s.Lock(cancelled, "held") })
 
 	// what the wrapper returns is what the storage returned
 	if err := s.Store(ctx, "v", []byte("value")); err != nil {
@@ -171,7 +172,7 @@ func TestStorageOpNames(t *testing.T) {
 	for _, o := range StorageOutcomes() {
 		outs = append(outs, o.String())
 	}
-	if len(outs) != 3 || outs[0] != "ok" || outs[1] != "not_found" || outs[2] != "error" {
+	if len(outs) != 4 || outs[0] != "ok" || outs[1] != "not_found" || outs[2] != "error" || outs[3] != "busy" {
 		t.Errorf("outcomes %v", outs)
 	}
 }

@@ -131,16 +131,13 @@ func storageErr(step, key string, err error) error {
 	return fmt.Errorf("%w: %s %s: %w", ErrStorage, step, key, err)
 }
 
-// saveResource writes a resource whose state went from `from` ("" when new)
-// to `to`, and keeps the index in step.
-// The index markers are written in the background (see indexWriter).
-func (s store) saveResource(ctx context.Context, kind, id, name, from, to string, v any) error {
+// saveResource writes a resource under its own key; its catalog entry
+// follows in the background (catalogwriter.go).
+func (s store) saveResource(ctx context.Context, kind, id, name, state string, v any) error {
 	if err := s.save(ctx, kind, id, v); err != nil {
 		return err
 	}
-	if from != to || from == "" {
-		markers.submit(s, kind, id, name, from, to)
-	}
+	catalog.submit(s, kind, id, name, state, "")
 	return nil
 }
 
@@ -163,3 +160,6 @@ func parallel(fns ...func() error) error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// isStorageError reports whether err is a failure of the storage itself.
+func isStorageError(err error) bool { return errors.Is(err, ErrStorage) }

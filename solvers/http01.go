@@ -36,7 +36,10 @@ type HTTP01 struct {
 	client *http.Client
 }
 
-var _ Solver = (*HTTP01)(nil)
+var (
+	_ Solver      = (*HTTP01)(nil)
+	_ TokenKeeper = (*HTTP01)(nil)
+)
 
 // NewHTTP01 returns an HTTP-01 solver for cfg. Its HTTP client is reused by
 // every self-check; keep-alives are off so that each check, like the CA's,
@@ -73,6 +76,19 @@ func (s *HTTP01) Present(ctx context.Context, chal acme.Challenge) (json.RawMess
 func (s *HTTP01) CleanUp(ctx context.Context, chal acme.Challenge, _ json.RawMessage) error {
 	return s.tokens.CleanUp(ctx, chal)
 }
+
+// CleanUpOwned deletes the token without reading it (TokenKeeper).
+func (s *HTTP01) CleanUpOwned(ctx context.Context, chal acme.Challenge) error {
+	return s.tokens.CleanUpOwned(ctx, chal)
+}
+
+// RemoveStale deletes the identifier's token file (TokenKeeper).
+func (s *HTTP01) RemoveStale(ctx context.Context, id acme.Identifier) error {
+	return s.tokens.RemoveStale(ctx, acme.Challenge{Type: acme.ChallengeTypeHTTP01, Identifier: id, Token: "stale"})
+}
+
+// TokenDir is the folder of the token files (TokenKeeper).
+func (s *HTTP01) TokenDir() string { return s.tokens.Dir() }
 
 // SelfCheck fetches http://<name>:<port>/.well-known/acme-challenge/<token>
 // as the CA will and compares the body, trimmed of white space, with the key

@@ -80,3 +80,21 @@ type Planner interface {
 	// contain secrets.
 	Plan(chal acme.Challenge) (memo json.RawMessage, err error)
 }
+
+// TokenKeeper is implemented by solvers whose answers are certmagic's
+// challenge token files in storage (HTTP-01, TLS-ALPN-01): one file per
+// name, written and removed only by the holder of the name's issue_cert
+// lock (certflow's workflow, or the stock acme issuer).
+type TokenKeeper interface {
+	// CleanUpOwned removes chal's answer without reading it first. The
+	// caller MUST hold the name's issue_cert lock: the file can then only
+	// be chal's (or a stale one, which is as well removed).
+	CleanUpOwned(ctx context.Context, chal acme.Challenge) error
+	// RemoveStale removes the answer file the identifier has, whatever it
+	// holds. The caller MUST hold the name's issue_cert lock and present
+	// nothing for it at that time: the file is then a crashed run's.
+	RemoveStale(ctx context.Context, id acme.Identifier) error
+	// TokenDir is the storage folder of the answer files, for
+	// maintenance's look for answers left behind.
+	TokenDir() string
+}

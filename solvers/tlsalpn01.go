@@ -33,7 +33,10 @@ type TLSALPN01 struct {
 	dialer *dialer
 }
 
-var _ Solver = (*TLSALPN01)(nil)
+var (
+	_ Solver      = (*TLSALPN01)(nil)
+	_ TokenKeeper = (*TLSALPN01)(nil)
+)
 
 // NewTLSALPN01 returns a TLS-ALPN-01 solver for cfg.
 func NewTLSALPN01(cfg Config) *TLSALPN01 {
@@ -53,6 +56,19 @@ func (s *TLSALPN01) Present(ctx context.Context, chal acme.Challenge) (json.RawM
 func (s *TLSALPN01) CleanUp(ctx context.Context, chal acme.Challenge, _ json.RawMessage) error {
 	return s.tokens.CleanUp(ctx, chal)
 }
+
+// CleanUpOwned deletes the token without reading it (TokenKeeper).
+func (s *TLSALPN01) CleanUpOwned(ctx context.Context, chal acme.Challenge) error {
+	return s.tokens.CleanUpOwned(ctx, chal)
+}
+
+// RemoveStale deletes the identifier's token file (TokenKeeper).
+func (s *TLSALPN01) RemoveStale(ctx context.Context, id acme.Identifier) error {
+	return s.tokens.RemoveStale(ctx, acme.Challenge{Type: acme.ChallengeTypeTLSALPN01, Identifier: id, Token: "stale"})
+}
+
+// TokenDir is the folder of the token files (TokenKeeper).
+func (s *TLSALPN01) TokenDir() string { return s.tokens.Dir() }
 
 // SelfCheck does the handshake the CA will do: to <name>:<port> with SNI
 // <name> (for an IP address: to the address, with its reverse-DNS name as

@@ -106,6 +106,32 @@ func (ts TokenStore) CleanUp(ctx context.Context, chal acme.Challenge) error {
 	return nil
 }
 
+// CleanUpOwned deletes chal's answer without reading it first, for a
+// caller holding the name's issue_cert lock (the only writer of the file):
+// one storage call instead of two.
+func (ts TokenStore) CleanUpOwned(ctx context.Context, chal acme.Challenge) error {
+	if err := ts.check(chal); err != nil {
+		return err
+	}
+	key := ts.Key(chal)
+	if err := ts.Storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cleaning up challenge token: deleting %s: %w", key, err)
+	}
+	return nil
+}
+
+// RemoveStale deletes the answer file of chal's identifier (for chal's
+// type), whatever it holds: for a caller holding the name's issue_cert
+// lock that presents nothing for it, to which any such file is stale.
+func (ts TokenStore) RemoveStale(ctx context.Context, chal acme.Challenge) error {
+	return ts.CleanUpOwned(ctx, chal)
+}
+
+// Dir is the folder of the answer files: acme/<Safe(issuerKey)>/challenge_tokens.
+func (ts TokenStore) Dir() string {
+	return path.Join("acme", certmagic.StorageKeys.Safe(ts.IssuerKey), "challenge_tokens")
+}
+
 // check rejects what would otherwise write a useless file or panic.
 func (ts TokenStore) check(chal acme.Challenge) error {
 	switch {

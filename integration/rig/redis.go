@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -387,3 +389,69 @@ func (r *Redis) TreeProblems(ctx context.Context, prefix string) ([]string, erro
 	}
 	return problems, nil
 }
+
+// StorageView returns a read-only certmagic.Storage over what the
+// caddy-storage-redis module stored under prefix (its key_prefix), for
+// reading certflow's records the way certflow does (issuer.StoredResources).
+// Writes, deletes and locks fail.
+func (r *Redis) StorageView(prefix string) certmagic.Storage {
+	return &redisView{r: r, prefix: prefix}
+}
+
+type redisView struct {
+	r      *Redis
+	prefix string
+}
+
+func (v *redisView) full(key string) string { return path.Join(v.prefix, key) }
+
+func (v *redisView) Load(ctx context.Context, key string) ([]byte, error) {
+	b, err := v.r.LoadValue(ctx, v.full(key))
+	if errors.Is(err, redis.Nil) {
+		return nil, fs.ErrNotExist
+	}
+	return b, err
+}
+
+func (v *redisView) List(ctx context.Context, dir string, recursive bool) ([]string, error) {
+	members, err := v.r.client.ZRange(ctx, v.full(dir), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("ZRANGE %s: %w", v.full(dir), err)
+	}
+	if len(members) == 0 {
+		return nil, fs.ErrNotExist
+	}
+	var out []string
+	for _, m := range members {
+		child := path.Join(dir, strings.TrimSuffix(m, "/"))
+		if recursive && strings.HasSuffix(m, "/") {
+			sub, err := v.List(ctx, child, true)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+			out = append(out, sub...)
+			continue
+		}
+		out = append(out, child)
+	}
+	return out, nil
+}
+
+func (v *redisView) Exists(ctx context.Context, key string) bool {
+	n, err := v.r.client.Exists(ctx, v.full(key)).Result()
+	return err == nil && n > 0
+}
+
+func (v *redisView) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	if _, err := v.Load(ctx, key); err != nil {
+		return certmagic.KeyInfo{}, err
+	}
+	return certmagic.KeyInfo{Key: key, IsTerminal: true}, nil
+}
+
+var errReadOnly = errors.New("the rig's view of Redis storage is read-only")
+
+func (v *redisView) Store(context.Context, string, []byte) error { return errReadOnly }
+func (v *redisView) Delete(context.Context, string) error        { return errReadOnly }
+func (v *redisView) Lock(context.Context, string) error          { return errReadOnly }
+func (v *redisView) Unlock(context.Context, string) error        { return errReadOnly }

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
@@ -158,26 +159,50 @@ func TestCACountsAndInjectsFaults(t *testing.T) {
 	}
 }
 
+// TestLoadResources: resources are found wherever certflow keeps them: an
+// order under its own key (an earlier version's), an order and a
+// challenge in their request's record, a request and an order in flight
+// in their name's record; each once, by ID.
 func TestLoadResources(t *testing.T) {
 	root := t.TempDir()
-	dir := filepath.Join(root, "certflow", "issuer-key", ResourceOrders)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
+	base := filepath.Join(root, "certflow", "issuer-key")
+	files := map[string]string{
+		"orders/20260101-000000.000000001-aaaa.json": `{"version":1,"id":"20260101-000000.000000001-aaaa","name":"a.test","state":"valid"}`,
+		"requests/20260101-000001.000000001-bbbb.json": `{"version":1,"id":"20260101-000001.000000001-bbbb","name":"b.test","state":"ready",
+			"order_record":{"version":1,"id":"20260101-000001.000000002-cccc","name":"b.test","state":"valid"},
+			"challenge_records":[{"version":1,"id":"20260101-000001.000000002-cccc-a0-1","name":"b.test","state":"valid"}]}`,
+		"names/c.test.json": `{"version":1,"name":"c.test","last_request":"20260101-000002.000000001-dddd",
+			"request":{"version":1,"id":"20260101-000002.000000001-dddd","name":"c.test","state":"pending"},
+			"order":{"version":1,"id":"20260101-000002.000000002-eeee","name":"c.test","state":"pending"}}`,
 	}
-	for name, body := range map[string]string{"b.json": `{"name":"b"}`, "a.json": `{"name":"a"}`} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+	for name, body := range files {
+		p := filepath.Join(base, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	got, err := LoadResources(root, ResourceOrders)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 2 || got[0]["name"] != "a" || got[1]["name"] != "b" {
-		t.Errorf("LoadResources = %v, want a then b", got)
-	}
-	if got, err := LoadResources(root, ResourceChallenges); err != nil || len(got) != 0 {
-		t.Errorf("LoadResources(challenges) = %v, %v; want none", got, err)
+	for kind, want := range map[string][]string{
+		ResourceOrders:     {"a.test valid", "b.test valid", "c.test pending"},
+		ResourceRequests:   {"b.test ready", "c.test pending"},
+		ResourceChallenges: {"b.test valid"},
+	} {
+		got, err := LoadResources(root, kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, r := range got {
+			names = append(names, fmt.Sprintf("%s %s", r["name"], r["state"]))
+			if _, ok := r["order_record"]; ok {
+				t.Errorf("%s: a request is shown with its order stored in it: %v", kind, r)
+			}
+		}
+		if fmt.Sprint(names) != fmt.Sprint(want) {
+			t.Errorf("LoadResources(%s) = %v, want %v", kind, names, want)
+		}
 	}
 }
 

@@ -1,11 +1,16 @@
 package rig
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/certflow/certflow/issuer"
 )
 
 // Resource kinds certflow persists, for LoadResources.
@@ -17,26 +22,33 @@ const (
 
 // LoadResources reads the resources of kind ("requests", "orders" or
 // "challenges") that certflow persisted in the file-system storage at
-// storageRoot, i.e. the JSON objects in <storageRoot>/certflow/*/<kind>/*.json,
-// sorted by file path. No such files is no error.
+// storageRoot, for every issuer key under <storageRoot>/certflow/, wherever
+// certflow keeps them (issuer.StoredResources: under their own key, in
+// their request's record, in their name's record), each once, sorted by
+// issuer key and ID. No resources is no error.
 func LoadResources(storageRoot, kind string) ([]map[string]any, error) {
-	pattern := filepath.Join(storageRoot, "certflow", "*", kind, "*.json")
-	paths, err := filepath.Glob(pattern)
+	dirs, err := filepath.Glob(filepath.Join(storageRoot, "certflow", "*"))
 	if err != nil {
-		return nil, fmt.Errorf("listing %s resources (%s): %w", kind, pattern, err)
+		return nil, fmt.Errorf("listing certflow's issuer keys under %s: %w", storageRoot, err)
 	}
-	sort.Strings(paths)
-	out := make([]map[string]any, 0, len(paths))
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
+	sort.Strings(dirs)
+	storage := &certmagic.FileStorage{Path: storageRoot}
+	var out []map[string]any
+	for _, dir := range dirs {
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			continue
+		}
+		raws, err := issuer.StoredResources(context.Background(), storage, filepath.Base(dir), kind)
 		if err != nil {
-			return nil, fmt.Errorf("reading %s resource: %w", kind, err)
+			return nil, fmt.Errorf("reading %s resources under %s: %w", kind, dir, err)
 		}
-		var res map[string]any
-		if err := json.Unmarshal(data, &res); err != nil {
-			return nil, fmt.Errorf("decoding %s resource %s: %w", kind, p, err)
+		for _, raw := range raws {
+			var res map[string]any
+			if err := json.Unmarshal(raw, &res); err != nil {
+				return nil, fmt.Errorf("decoding a %s resource under %s: %w", kind, dir, err)
+			}
+			out = append(out, res)
 		}
-		out = append(out, res)
 	}
 	return out, nil
 }

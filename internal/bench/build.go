@@ -7,9 +7,10 @@ import (
 	"os/exec"
 )
 
-// CaddyPackage is the import path of the Caddy main with certflow compiled
+// CaddyPackage is the import path of the benchmark's Caddy main: certflow,
+// the Redis storage module and the counting storage (countstore) compiled
 // in; both issuers run this same binary.
-const CaddyPackage = "github.com/certflow/certflow/cmd/caddy"
+const CaddyPackage = "github.com/certflow/certflow/internal/bench/caddy"
 
 // BuildCaddy builds CaddyPackage into out with the go command on PATH, with
 // the race detector when race is true. It must run inside the certflow

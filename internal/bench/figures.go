@@ -44,6 +44,44 @@ type Figures struct {
 	// counts every request.
 	CAPerName      map[string]float64
 	CATotalPerName float64
+	// Certificates sums the runs' issued certificates; Storage sums their
+	// storage work (divide by Certificates for a figure per issuance).
+	Certificates int
+	Storage      StorageFigures
+	// Drain is the longest wait after a burst for its issuances to end.
+	Drain time.Duration
+}
+
+// perIssuance divides a count by the certificates issued.
+func (f Figures) perIssuance(n float64) float64 {
+	if f.Certificates == 0 {
+		return 0
+	}
+	return n / float64(f.Certificates)
+}
+
+// addStorage adds one run's storage work to the sum.
+func (f *Figures) addStorage(s StorageFigures) {
+	if f.Storage.Calls == nil {
+		f.Storage = StorageFigures{Calls: map[string]map[string]float64{}, Certflow: map[string]float64{}, RedisCommands: map[string]int64{}}
+	}
+	for op, areas := range s.Calls {
+		if f.Storage.Calls[op] == nil {
+			f.Storage.Calls[op] = map[string]float64{}
+		}
+		for area, v := range areas {
+			f.Storage.Calls[op][area] += v
+		}
+	}
+	for op, v := range s.Certflow {
+		f.Storage.Certflow[op] += v
+	}
+	for cmd, v := range s.RedisCommands {
+		f.Storage.RedisCommands[cmd] += v
+	}
+	f.Storage.RedisKeys += s.RedisKeys
+	f.Storage.Files += s.Files
+	f.Storage.Dirs += s.Dirs
 }
 
 // Figures aggregates the runs of issuer; ok is false when it has none.
@@ -76,6 +114,9 @@ func (s *ScenarioResult) Figures(issuer string) (f Figures, ok bool) {
 			caSums[kind] += n
 		}
 		caTotal += r.CATotal
+		f.Certificates += r.Certificates
+		f.addStorage(r.Storage)
+		f.Drain = max(f.Drain, r.Drain)
 	}
 	if f.Runs == 0 {
 		return f, false

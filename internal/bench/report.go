@@ -9,6 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
+
+	"github.com/certflow/certflow/internal/bench/countstore"
 )
 
 // Report is everything a benchmark measured.
@@ -37,6 +39,8 @@ func (r *Report) Print(w io.Writer) error {
 	o := r.Options
 	fmt.Fprintf(&b, "certflow benchmark: the same Caddy binary with the stock acme issuer and with certflow, alternating\n")
 	fmt.Fprintf(&b, "Pebble in process (no validation sleep, no bad-nonce rejection), HTTP-01 only, fresh storage per run under %s\n", describeDir(o.WorkDir))
+	fmt.Fprintf(&b, "storage: file_system there, or (NxC/redisK) K nodes on one redis-server (caddy.storage.redis, AOF on) behind TCP balancers;\n")
+	fmt.Fprintf(&b, "every storage call counted (certflow_bench_counting around it); storage figures from the end of the warm-up until the burst's issuances were over, per certificate issued\n")
 	fmt.Fprintf(&b, "%s/%s, %d CPUs, %s; rounds of single-name scenarios: %d; cached handshakes per run: %d; handshake timeout %s\n",
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.Rounds, o.CachedHandshakes, o.HandshakeTimeout)
 	if !r.Finished.IsZero() {
@@ -109,6 +113,7 @@ func (s *ScenarioResult) print(w io.Writer) error {
 		rows = append(rows, count("  "+caKindLabels[kind], func(f Figures) float64 { return f.CAPerName[kind] }))
 	}
 	rows = append(rows, count("  total (all kinds)", func(f Figures) float64 { return f.CATotalPerName }))
+	rows = append(rows, storageRows(sc, st, cf, count)...)
 
 	for i := range rows {
 		if rows[i].stock == "" && rows[i].certflow == "" {
@@ -122,6 +127,21 @@ func (s *ScenarioResult) print(w io.Writer) error {
 		}
 	}
 
+	if err := writeTable(w, sc, rows); err != nil {
+		return err
+	}
+	printAreas(w, Stock, st)
+	printAreas(w, Certflow, cf)
+	printFailures(w, Stock, "new-name", st.Failures)
+	printFailures(w, Certflow, "new-name", cf.Failures)
+	printFailures(w, Stock, "cached", st.CachedFailures)
+	printFailures(w, Certflow, "cached", cf.CachedFailures)
+	return nil
+}
+
+// writeTable writes a scenario's rows as a table: labels left-aligned,
+// figures right-aligned.
+func writeTable(w io.Writer, sc Scenario, rows []row) error {
 	// labels are padded to one width so that they read left-aligned while
 	// the figures are right-aligned
 	width := len("figure")
@@ -144,10 +164,6 @@ func (s *ScenarioResult) print(w io.Writer) error {
 			fmt.Fprintln(w, trimmed)
 		}
 	}
-	printFailures(w, Stock, "new-name", st.Failures)
-	printFailures(w, Certflow, "new-name", cf.Failures)
-	printFailures(w, Stock, "cached", st.CachedFailures)
-	printFailures(w, Certflow, "cached", cf.CachedFailures)
 	return nil
 }
 
@@ -182,4 +198,93 @@ func printFailures(w io.Writer, issuer, what string, fs []Failure) {
 		fmt.Fprintf(w, "%s: %d failed %s handshake(s): %s, after %s–%s; e.g. %s\n",
 			issuer, g.n, what, k, fmtDuration(g.min), fmtDuration(g.max), g.example)
 	}
+}
+
+// storageRows are the rows of the storage work per issuance: every
+// storage call (certmagic's and certflow's) by operation, certflow's own
+// calls, and per backend the files created and left (file system) or the
+// Redis commands and keys.
+func storageRows(sc Scenario, st, cf Figures, count func(string, func(Figures) float64) row) []row {
+	if st.Storage.Calls == nil && cf.Storage.Calls == nil {
+		return nil
+	}
+	rows := []row{
+		{fmt.Sprintf("storage per issuance (certificates issued: %d / %d):", st.Certificates, cf.Certificates), "", "", ""},
+		count("  storage calls (certmagic's too)", func(f Figures) float64 { return f.perIssuance(f.Storage.total()) }),
+	}
+	for _, op := range countstore.Operations {
+		if st.Storage.op(op) == 0 && cf.Storage.op(op) == 0 {
+			continue
+		}
+		rows = append(rows, count("    "+op, func(f Figures) float64 { return f.perIssuance(f.Storage.op(op)) }))
+	}
+	rows = append(rows, count("  certflow's own calls (its metric)", func(f Figures) float64 { return f.perIssuance(f.Storage.certflowTotal()) }))
+	for _, op := range countstore.Operations {
+		if cf.Storage.Certflow[op] == 0 {
+			continue
+		}
+		rows = append(rows, count("    "+op, func(f Figures) float64 { return f.perIssuance(f.Storage.Certflow[op]) }))
+	}
+	if sc.storage() == StorageFile {
+		rows = append(rows,
+			count("  files created (stores, locks, new dirs)", func(f Figures) float64 { return f.perIssuance(f.Storage.filesCreated()) }),
+			count("  files left", func(f Figures) float64 { return f.perIssuance(float64(f.Storage.Files)) }),
+			count("  directories left", func(f Figures) float64 { return f.perIssuance(float64(f.Storage.Dirs)) }))
+		return rows
+	}
+	rows = append(rows, count("  Redis commands", func(f Figures) float64 { return f.perIssuance(float64(f.Storage.redisTotal())) }))
+	cmds := map[string]int64{}
+	for _, f := range []Figures{st, cf} {
+		for c, n := range f.Storage.RedisCommands {
+			cmds[c] += n
+		}
+	}
+	names := make([]string, 0, len(cmds))
+	for c := range cmds {
+		names = append(names, c)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		if cmds[a] != cmds[b] {
+			return int(cmds[b] - cmds[a])
+		}
+		return strings.Compare(a, b)
+	})
+	for _, c := range names {
+		rows = append(rows, count("    "+c, func(f Figures) float64 { return f.perIssuance(float64(f.Storage.RedisCommands[c])) }))
+	}
+	rows = append(rows, count("  Redis keys left", func(f Figures) float64 { return f.perIssuance(float64(f.Storage.RedisKeys)) }))
+	return rows
+}
+
+// printAreas writes an issuer's storage calls per issuance by the area of
+// the storage they touched, and by operation within it.
+func printAreas(w io.Writer, issuer string, f Figures) {
+	if f.Storage.Calls == nil || f.Certificates == 0 {
+		return
+	}
+	byArea := map[string]map[string]float64{}
+	for op, areas := range f.Storage.Calls {
+		for area, v := range areas {
+			if byArea[area] == nil {
+				byArea[area] = map[string]float64{}
+			}
+			byArea[area][op] += v
+		}
+	}
+	areas := make([]string, 0, len(byArea))
+	for a := range byArea {
+		areas = append(areas, a)
+	}
+	slices.Sort(areas)
+	var parts []string
+	for _, a := range areas {
+		var ops []string
+		for _, op := range countstore.Operations {
+			if v := byArea[a][op]; v > 0 {
+				ops = append(ops, fmt.Sprintf("%s %.2f", op, f.perIssuance(v)))
+			}
+		}
+		parts = append(parts, a+": "+strings.Join(ops, " "))
+	}
+	fmt.Fprintf(w, "%s storage calls per issuance by area: %s\n", issuer, strings.Join(parts, "; "))
 }

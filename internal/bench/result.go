@@ -32,6 +32,10 @@ type RunResult struct {
 	// Wall is the wall time of the burst, from its first handshake's start
 	// until its last one returned.
 	Wall time.Duration
+	// Drain is how long after the burst the issuances went on (stock
+	// obtains on after a handshake gave up) and their storage work with
+	// them, until the storage was quiet (see Storage).
+	Drain time.Duration
 	// Settle is how long the run waited after the burst for Caddy to go
 	// idle (at most 5 s) before the cached handshakes.
 	Settle time.Duration
@@ -51,4 +55,10 @@ type RunResult struct {
 	// by kind (rig.Kind* constants); CATotal counts all of them.
 	CARequests map[string]int
 	CATotal    int
+	// Certificates is how many certificates the CA issued for the burst
+	// (its certificate downloads), what the storage work is divided by.
+	Certificates int
+	// Storage is the storage work of the burst, until every issuance of
+	// it was over.
+	Storage StorageFigures
 }

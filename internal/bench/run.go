@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -29,20 +30,39 @@ type run struct {
 	seq      int // 1-based number of the run in the benchmark
 	dir      string
 
-	httpPort, httpsPort, adminPort int
+	nodes []*benchNode
+	// httpLB and httpsLB are in front of the nodes when there are
+	// several: the handshakes and the CA's validations go through them.
+	httpLB, httpsLB *rig.Balancer
+	// redis is the run's redis-server on Redis storage, with the key
+	// prefix of the run's storage.
+	redis       *rig.Redis
+	redisPrefix string
 
 	// keepDir keeps the run's directory for a post-mortem even without
 	// Options.Keep (set when Pebble would not stop).
 	keepDir bool
 }
 
-// runOnce starts a fresh CA and a fresh Caddy with issuer, measures the
-// scenario against it and stops both. Failed handshakes are results; the
+// benchNode is one Caddy process of a run.
+type benchNode struct {
+	index                          int
+	dir                            string // its working directory
+	httpPort, httpsPort, adminPort int
+	proc                           *caddyProcess
+}
+
+func (n *benchNode) httpsAddr() string { return fmt.Sprintf("127.0.0.1:%d", n.httpsPort) }
+func (n *benchNode) adminAddr() string { return fmt.Sprintf("127.0.0.1:%d", n.adminPort) }
+
+// runOnce starts a fresh CA (and Redis, and balancers, as the scenario
+// needs) and fresh Caddy processes with issuer, measures the scenario
+// against them and stops everything. Failed handshakes are results; the
 // error is for a run that could not be measured (Caddy not starting, the
 // warm-up failing, the benchmark being interrupted).
 func (b *bench) runOnce(ctx context.Context, issuer string, sc Scenario, round, seq int) (res *RunResult, err error) {
 	r := &run{b: b, issuer: issuer, scenario: sc, round: round, seq: seq}
-	r.dir, err = os.MkdirTemp(b.opts.WorkDir, fmt.Sprintf("certflow-bench-%03d-%s-%s-", seq, sc, issuer))
+	r.dir, err = os.MkdirTemp(b.opts.WorkDir, fmt.Sprintf("certflow-bench-%03d-%s-%s-", seq, sanitize(sc.String()), issuer))
 	if err != nil {
 		return nil, fmt.Errorf("creating the run's directory: %w", err)
 	}
@@ -56,11 +76,44 @@ func (b *bench) runOnce(ctx context.Context, issuer string, sc Scenario, round, 
 		// files here would slow the next run's storage writes
 		b.finishedDirs = append(b.finishedDirs, r.dir)
 	}()
-	if err := r.choosePorts(); err != nil {
+	if err := r.setUpNodes(); err != nil {
 		return nil, err
 	}
+	if sc.nodes() > 1 {
+		if r.httpLB, err = rig.StartBalancer(); err != nil {
+			return nil, err
+		}
+		defer r.httpLB.Close()
+		if r.httpsLB, err = rig.StartBalancer(); err != nil {
+			return nil, err
+		}
+		defer r.httpsLB.Close()
+		var https, http []string
+		for _, n := range r.nodes {
+			https = append(https, n.httpsAddr())
+			http = append(http, fmt.Sprintf("127.0.0.1:%d", n.httpPort))
+		}
+		r.httpsLB.SetBackends(https)
+		r.httpLB.SetBackends(http)
+	}
+	if sc.storage() == StorageRedis {
+		redisDir := filepath.Join(r.dir, "redis")
+		if err := os.MkdirAll(redisDir, 0o755); err != nil {
+			return nil, fmt.Errorf("creating Redis's directory: %w", err)
+		}
+		if r.redis, err = rig.StartRedis(redisDir); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if stopErr := r.redis.Close(); stopErr != nil {
+				err = errors.Join(err, fmt.Errorf("stopping redis-server: %w", stopErr))
+			}
+		}()
+		r.redisPrefix = fmt.Sprintf("bench-%d", seq)
+	}
 
-	ca, err := rig.StartCA(rig.CAOptions{HTTPPort: r.httpPort, TLSPort: r.httpsPort, DNSAddr: b.dns.Addr, Dir: r.dir})
+	httpPort, httpsPort := r.caPorts()
+	ca, err := rig.StartCA(rig.CAOptions{HTTPPort: httpPort, TLSPort: httpsPort, DNSAddr: b.dns.Addr, Dir: r.dir})
 	if err != nil {
 		return nil, fmt.Errorf("starting Pebble: %w", err)
 	}
@@ -70,32 +123,51 @@ func (b *bench) runOnce(ctx context.Context, issuer string, sc Scenario, round, 
 		}
 	}()
 
-	proc, err := r.startCaddy(ca)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if stopErr := proc.stop(); stopErr != nil {
-			err = errors.Join(err, fmt.Errorf("stopping Caddy: %w", stopErr))
-			return
+	for _, n := range r.nodes {
+		if n.proc, err = r.startCaddy(ca, n); err != nil {
+			return nil, err
 		}
-		if raceErr := proc.raceReport(); raceErr != nil {
-			res, err = nil, errors.Join(err, raceErr)
-		}
-	}()
-	if err := proc.waitReady(ctx, r.httpsAddr()); err != nil {
-		return nil, err
+		defer func() {
+			if stopErr := n.proc.stop(); stopErr != nil {
+				err = errors.Join(err, fmt.Errorf("stopping Caddy: %w", stopErr))
+				return
+			}
+			if raceErr := n.proc.raceReport(); raceErr != nil {
+				res, err = nil, errors.Join(err, raceErr)
+			}
+		}()
 	}
-	return r.measure(ctx, ca, proc)
+	for _, n := range r.nodes {
+		if err := n.proc.waitReady(ctx, n.httpsAddr()); err != nil {
+			return nil, err
+		}
+	}
+	return r.measure(ctx, ca)
 }
 
-// choosePorts picks three distinct free loopback ports for Caddy's HTTP,
-// HTTPS and admin listeners. Pebble is told the first two at StartCA.
-func (r *run) choosePorts() error {
-	const attempts = 20
+// sanitize makes a scenario name usable in a file name.
+func sanitize(s string) string {
+	out := []byte(s)
+	for i, c := range out {
+		if c == '/' || c == ':' {
+			out[i] = '_'
+		}
+	}
+	return string(out)
+}
+
+// setUpNodes creates the nodes' directories and picks their ports: three
+// distinct free loopback ports each, for Caddy's HTTP, HTTPS and admin
+// listeners.
+func (r *run) setUpNodes() error {
+	const attempts = 50
 	seen := map[int]bool{}
 	var ports []int
-	for range attempts {
+	want := 3 * r.scenario.nodes()
+	for range attempts * r.scenario.nodes() {
+		if len(ports) == want {
+			break
+		}
 		p, err := rig.FreePort()
 		if err != nil {
 			return err
@@ -104,44 +176,89 @@ func (r *run) choosePorts() error {
 			seen[p] = true
 			ports = append(ports, p)
 		}
-		if len(ports) == 3 {
-			r.httpPort, r.httpsPort, r.adminPort = ports[0], ports[1], ports[2]
-			return nil
-		}
 	}
-	return fmt.Errorf("no three distinct free ports on 127.0.0.1 after %d attempts", attempts)
+	if len(ports) < want {
+		return fmt.Errorf("no %d distinct free ports on 127.0.0.1", want)
+	}
+	for i := range r.scenario.nodes() {
+		dir := filepath.Join(r.dir, fmt.Sprintf("node-%d", i))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("creating a node's directory: %w", err)
+		}
+		r.nodes = append(r.nodes, &benchNode{index: i, dir: dir,
+			httpPort: ports[3*i], httpsPort: ports[3*i+1], adminPort: ports[3*i+2]})
+	}
+	return nil
 }
 
-// httpsAddr is where handshakes go.
-func (r *run) httpsAddr() string { return fmt.Sprintf("127.0.0.1:%d", r.httpsPort) }
+// caPorts are where the CA validates: the balancers with several nodes,
+// else the node's own ports.
+func (r *run) caPorts() (http, https int) {
+	if r.httpLB != nil {
+		return r.httpLB.Port, r.httpsLB.Port
+	}
+	return r.nodes[0].httpPort, r.nodes[0].httpsPort
+}
 
-// startCaddy writes the run's Caddy config and starts Caddy with it.
-func (r *run) startCaddy(ca *rig.CA) (*caddyProcess, error) {
+// httpsAddr is where handshakes go: the HTTPS balancer with several nodes.
+func (r *run) httpsAddr() string {
+	if r.httpsLB != nil {
+		return r.httpsLB.Addr()
+	}
+	return r.nodes[0].httpsAddr()
+}
+
+// storageRoot is the file-system storage's directory, shared by the nodes.
+func (r *run) storageRoot() string { return filepath.Join(r.dir, "storage") }
+
+// storageConfig is the config's storage: the benchmark's counting storage
+// around file_system or redis, for both issuers alike.
+func (r *run) storageConfig() map[string]any {
+	inner := map[string]any{"module": "file_system", "root": r.storageRoot()}
+	if r.redis != nil {
+		inner = map[string]any{"module": "redis", "address": []string{r.redis.Addr}, "key_prefix": r.redisPrefix}
+	}
+	return map[string]any{"module": "certflow_bench_counting", "inner": inner}
+}
+
+// startCaddy writes a node's Caddy config and starts Caddy with it.
+func (r *run) startCaddy(ca *rig.CA, n *benchNode) (*caddyProcess, error) {
+	httpPort, _ := r.caPorts()
 	iss, err := issuerObject(r.issuer, issuerEnv{
 		directoryURL: ca.DirectoryURL,
 		serverRoots:  ca.ServerRootsFile,
 		dnsAddr:      r.b.dns.Addr,
-		httpPort:     r.httpPort,
+		httpPort:     httpPort,
 	})
 	if err != nil {
 		return nil, err
 	}
 	cfg, err := rig.CaddyConfig{
-		AdminListen: fmt.Sprintf("127.0.0.1:%d", r.adminPort),
-		HTTPPort:    r.httpPort,
-		HTTPSPort:   r.httpsPort,
-		StorageRoot: filepath.Join(r.dir, "storage"),
+		AdminListen: n.adminAddr(),
+		HTTPPort:    n.httpPort,
+		HTTPSPort:   n.httpsPort,
+		StorageRoot: r.storageRoot(),
 		AskURL:      r.b.askURL,
 		Issuer:      iss,
 		LogLevel:    r.b.opts.LogLevel,
-		LogFile:     filepath.Join(r.dir, "caddy.log"),
-	}.JSON()
+		LogFile:     filepath.Join(n.dir, "caddy.log"),
+	}.Build()
 	if err != nil {
 		return nil, fmt.Errorf("building the Caddy config: %w", err)
 	}
-	configPath := filepath.Join(r.dir, "caddy.json")
-	if err := os.WriteFile(configPath, cfg, 0o600); err != nil {
+	cfg["storage"] = r.storageConfig()
+	configPath := filepath.Join(n.dir, "caddy.json")
+	if err := writeJSON(configPath, cfg); err != nil {
 		return nil, fmt.Errorf("writing the Caddy config: %w", err)
 	}
-	return startCaddy(r.b.opts.CaddyBinary, configPath, r.dir, fmt.Sprintf("127.0.0.1:%d", r.adminPort))
+	return startCaddy(r.b.opts.CaddyBinary, configPath, n.dir, n.adminAddr())
+}
+
+// writeJSON writes v as JSON to path.
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
 }

@@ -7,7 +7,8 @@ import (
 )
 
 // Scenario is one benchmark case: Names new on-demand names handshaked with
-// at most Concurrency handshakes in flight.
+// at most Concurrency handshakes in flight, on Nodes Caddy processes
+// sharing one storage.
 type Scenario struct {
 	// Names is how many new names are handshaked after the warm-up.
 	Names int
@@ -17,9 +18,33 @@ type Scenario struct {
 	// "NxC:certflow"): 1000x100 compares certflow's memory with stock's
 	// at 200x50, and stock would need many minutes for it.
 	Only string
+	// Storage is StorageFile (the default) or StorageRedis (written
+	// "NxC/redis3"): Caddy's file_system storage on the local disk, or
+	// the caddy.storage.redis module on a redis-server the run starts.
+	Storage string
+	// Nodes is how many Caddy processes share the storage (1 when zero),
+	// behind a TCP balancer for the handshakes and the CA's validations.
+	Nodes int
 }
 
+// Storage backends of a scenario.
+const (
+	StorageFile  = "file"
+	StorageRedis = "redis"
+)
+
 func (s Scenario) withoutOnly() Scenario { s.Only = ""; return s }
+
+// nodes is how many Caddy processes the scenario runs.
+func (s Scenario) nodes() int { return max(s.Nodes, 1) }
+
+// storage is the scenario's storage backend.
+func (s Scenario) storage() string {
+	if s.Storage == "" {
+		return StorageFile
+	}
+	return s.Storage
+}
 
 // issuers returns which of the run's issuers this scenario runs.
 func (s Scenario) issuers(all []string) []string {
@@ -41,6 +66,12 @@ func (s Scenario) String() string {
 	if s.Names == 1 && s.Concurrency == 1 {
 		out = "1"
 	}
+	if s.storage() != StorageFile || s.nodes() > 1 {
+		out += "/" + s.storage()
+		if s.nodes() > 1 {
+			out += strconv.Itoa(s.nodes())
+		}
+	}
 	if s.Only != "" {
 		out += ":" + s.Only
 	}
@@ -55,19 +86,26 @@ func (s Scenario) Single() bool { return s.Names == 1 }
 const (
 	// DefaultScenarios are run when no -scenarios flag is given. 1000x100
 	// runs certflow alone: stock Caddy needs many minutes for it, and its
-	// target compares with stock's 200x50.
-	DefaultScenarios = "1,50x50,100x100,200x50,1000x100:certflow"
+	// target compares with stock's 200x50. 300x100/redis3 is three nodes
+	// on one Redis with both issuers (stock's issuance rate limit, 10 per
+	// 10 s per process, makes it take about 100 s).
+	DefaultScenarios = "1,50x50,100x100,200x50,1000x100:certflow,300x100/redis3,1000x100/redis3:certflow"
 	// QuickScenarios are run by -quick.
 	QuickScenarios = "1,10x10"
 )
 
 // maxNames bounds the names of one scenario, so a typo cannot start an
-// endless run.
-const maxNames = 100000
+// endless run; maxNodes its Caddy processes.
+const (
+	maxNames = 100000
+	maxNodes = 16
+)
 
 // ParseScenarios parses a comma-separated list such as "1,50x50,1000x100":
 // "N" is N names one at a time, "NxC" is N names with at most C in flight;
-// a suffix ":stock" or ":certflow" runs that issuer alone.
+// "/redisK" (or "/fileK") after it runs K Caddy processes (1 when K is
+// left out) on one Redis (or one storage directory); a suffix ":stock" or
+// ":certflow" runs that issuer alone.
 func ParseScenarios(list string) ([]Scenario, error) {
 	var out []Scenario
 	for _, field := range strings.Split(list, ",") {
@@ -87,11 +125,20 @@ func ParseScenarios(list string) ([]Scenario, error) {
 	return out, nil
 }
 
-// parseScenario parses one "N" or "NxC", with an optional ":<issuer>".
+// parseScenario parses one "N" or "NxC", with an optional "/<storage><nodes>"
+// and ":<issuer>".
 func parseScenario(field string) (Scenario, error) {
 	spec, only, hasOnly := strings.Cut(strings.ToLower(field), ":")
 	if hasOnly && only != Stock && only != Certflow {
 		return Scenario{}, fmt.Errorf("scenario %q: the issuer after ':' must be %q or %q", field, Stock, Certflow)
+	}
+	spec, backend, hasBackend := strings.Cut(spec, "/")
+	storage, nodes := StorageFile, 1
+	if hasBackend {
+		var err error
+		if storage, nodes, err = parseBackend(backend); err != nil {
+			return Scenario{}, fmt.Errorf("scenario %q: %w", field, err)
+		}
 	}
 	namesText, concText, hasConc := strings.Cut(spec, "x")
 	names, err := strconv.Atoi(namesText)
@@ -105,5 +152,29 @@ func parseScenario(field string) (Scenario, error) {
 			return Scenario{}, fmt.Errorf("scenario %q: the concurrency must be a positive integer", field)
 		}
 	}
-	return Scenario{Names: names, Concurrency: min(conc, names), Only: only}, nil
+	sc := Scenario{Names: names, Concurrency: min(conc, names), Only: only}
+	if storage != StorageFile || nodes > 1 {
+		sc.Storage, sc.Nodes = storage, nodes
+	}
+	return sc, nil
+}
+
+// parseBackend parses "redis", "redis3", "file2": a storage backend and
+// how many nodes share it.
+func parseBackend(text string) (storage string, nodes int, err error) {
+	for _, b := range []string{StorageRedis, StorageFile} {
+		rest, ok := strings.CutPrefix(text, b)
+		if !ok {
+			continue
+		}
+		if rest == "" {
+			return b, 1, nil
+		}
+		n, err := strconv.Atoi(rest)
+		if err != nil || n < 1 || n > maxNodes {
+			return "", 0, fmt.Errorf("the number of nodes after %q must be an integer from 1 to %d", b, maxNodes)
+		}
+		return b, n, nil
+	}
+	return "", 0, fmt.Errorf("the storage after '/' must be %q or %q, with an optional number of nodes", StorageFile, StorageRedis)
 }
