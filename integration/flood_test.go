@@ -91,6 +91,16 @@ func TestFloodDeniedNames(t *testing.T) {
 	}
 
 	after := storageFiles(t, e.storage)
+	// maintenance's first pass (3 s after start) may fall in the flood: it
+	// records its weekly sweep of the names' records, which is not the
+	// flood's doing
+	for _, files := range []map[string]bool{before, after} {
+		for f := range files {
+			if strings.Contains(f, "/maintenance/") {
+				delete(files, f)
+			}
+		}
+	}
 	if added, removed := diffFiles(before, after); len(added)+len(removed) > 0 {
 		t.Errorf("the flood changed the storage: %d files before, %d after; added %v; removed %v",
 			len(before), len(after), head(added, 10), head(removed, 10))

@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -48,7 +47,7 @@ func (l *orderLog) hook(r *http.Request) (int, http.Header, string, bool) {
 	}
 	body, _ := io.ReadAll(r.Body)
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	o := sentOrder{replaces: orderReplaces(body), at: time.Now()}
+	o := sentOrder{replaces: rig.OrderReplaces(body), at: time.Now()}
 	if ids := rig.OrderIdentifiers(body); len(ids) > 0 {
 		o.name = ids[0]
 	}
@@ -89,25 +88,6 @@ func (l *orderLog) count() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.orders)
-}
-
-// orderReplaces returns the replaces field of a new-order JWS's payload.
-func orderReplaces(body []byte) string {
-	var jws struct {
-		Payload string `json:"payload"`
-	}
-	if json.Unmarshal(body, &jws) != nil {
-		return ""
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(jws.Payload, "="))
-	if err != nil {
-		return ""
-	}
-	var order struct {
-		Replaces string `json:"replaces"`
-	}
-	_ = json.Unmarshal(payload, &order)
-	return order.Replaces
 }
 
 // ariID is leaf's ARI certificate identifier (RFC 9773).

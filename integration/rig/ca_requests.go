@@ -237,23 +237,13 @@ func (c *CA) record(rec Request) {
 // OrderIdentifiers returns the identifier values in the payload of a
 // new-order JWS (flattened JSON serialization), or nil if it has none.
 func OrderIdentifiers(body []byte) []string {
-	var jws struct {
-		Payload string `json:"payload"`
-	}
-	if err := json.Unmarshal(body, &jws); err != nil {
-		return nil
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(jws.Payload, "="))
-	if err != nil {
-		return nil
-	}
 	var order struct {
 		Identifiers []struct {
 			Type  string `json:"type"`
 			Value string `json:"value"`
 		} `json:"identifiers"`
 	}
-	if err := json.Unmarshal(payload, &order); err != nil {
+	if !decodeOrderPayload(body, &order) {
 		return nil
 	}
 	var ids []string
@@ -261,6 +251,34 @@ func OrderIdentifiers(body []byte) []string {
 		ids = append(ids, normalizeName(id.Value))
 	}
 	return ids
+}
+
+// OrderReplaces returns the replaces field (RFC 9773) of a new-order JWS's
+// payload, or "" if it has none.
+func OrderReplaces(body []byte) string {
+	var order struct {
+		Replaces string `json:"replaces"`
+	}
+	if !decodeOrderPayload(body, &order) {
+		return ""
+	}
+	return order.Replaces
+}
+
+// decodeOrderPayload decodes the payload of a JWS in flattened JSON
+// serialization into v, and reports whether it could.
+func decodeOrderPayload(body []byte, v any) bool {
+	var jws struct {
+		Payload string `json:"payload"`
+	}
+	if json.Unmarshal(body, &jws) != nil {
+		return false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(jws.Payload, "="))
+	if err != nil {
+		return false
+	}
+	return json.Unmarshal(payload, v) == nil
 }
 
 // syncReplacedOrder takes and releases the lock of the order whose
@@ -271,7 +289,7 @@ func OrderIdentifiers(body []byte) []string {
 // even when the mark was written seconds before. Taking the lock here
 // orders the read after any write that is over.
 func (c *CA) syncReplacedOrder(body []byte) {
-	replaces := orderReplaces(body)
+	replaces := OrderReplaces(body)
 	_, serial, ok := strings.Cut(replaces, ".")
 	if !ok {
 		return
@@ -286,27 +304,6 @@ func (c *CA) syncReplacedOrder(body []byte) {
 	}
 	order.RLock()
 	order.RUnlock() //nolint:staticcheck // an empty critical section: only its ordering matters
-}
-
-// orderReplaces is the replaces field of a new-order JWS's payload.
-func orderReplaces(body []byte) string {
-	var jws struct {
-		Payload string `json:"payload"`
-	}
-	if json.Unmarshal(body, &jws) != nil {
-		return ""
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(jws.Payload, "="))
-	if err != nil {
-		return ""
-	}
-	var order struct {
-		Replaces string `json:"replaces"`
-	}
-	if json.Unmarshal(payload, &order) != nil {
-		return ""
-	}
-	return order.Replaces
 }
 
 // normalizeName lower-cases name and drops a trailing dot.
