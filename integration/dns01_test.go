@@ -455,6 +455,64 @@ type caddyJob struct {
 	Name    string          `json:"name"`
 }
 
+// killHelperCaddyAt runs TestHelperProcessCaddy with job in a child
+// process, waits (at most dnsWaitMax) for the line it prints with prefix,
+// and kills the process (SIGKILL) there. It returns the rest of that line
+// and the PID killed. what says what the line stands for, for failures;
+// logFile is the child Caddy's log, shown when it ends early.
+func killHelperCaddyAt(t *testing.T, job caddyJob, logFile, prefix, what string) (value string, pid int) {
+	t.Helper()
+	raw, err := json.Marshal(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*dnsWaitMax)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperProcessCaddy$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperCaddyEnv+"="+string(raw))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+				lines <- v
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+		close(lines)
+	}()
+	select {
+	case v, ok := <-lines:
+		if !ok {
+			_ = cmd.Wait()
+			log, _ := os.ReadFile(logFile)
+			t.Fatalf("the first Caddy ended before %s: %s\n%s\n%s", what, cmd.ProcessState, stderr.String(), log)
+		}
+		value = v
+	case <-time.After(dnsWaitMax):
+		t.Fatalf("the first Caddy did not reach %s within %s: %s", what, dnsWaitMax, stderr.String())
+	}
+	pid = cmd.Process.Pid
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	return value, pid
+}
+
 // TestHelperProcessCaddy is not a test: run by TestDNS01CaddyRestart (and
 // TestDNS01LeftoverAfterKill) in a child process, it runs Caddy with
 // certflow, starts an on-demand handshake, prints a line once the name's
@@ -519,55 +577,8 @@ func TestDNS01CaddyRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	job, err := json.Marshal(caddyJob{Config: cfgJSON, Storage: b.storage, Addr: b.addr(), Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*dnsWaitMax)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperProcessCaddy$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperCaddyEnv+"="+string(job))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	presented := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if id, ok := strings.CutPrefix(sc.Text(), "CERTFLOW-PRESENTED "); ok {
-				presented <- id
-			}
-		}
-		_, _ = io.Copy(io.Discard, stdout)
-		close(presented)
-	}()
-	var chalID string
-	select {
-	case id, ok := <-presented:
-		if !ok {
-			_ = cmd.Wait()
-			log, _ := os.ReadFile(first.LogFile)
-			t.Fatalf("the first Caddy ended without presenting: %s\n%s\n%s", cmd.ProcessState, stderr.String(), log)
-		}
-		chalID = id
-	case <-time.After(dnsWaitMax):
-		t.Fatalf("the first Caddy did not present within %s: %s", dnsWaitMax, stderr.String())
-	}
-	pid := cmd.Process.Pid
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
+	chalID, pid := killHelperCaddyAt(t, caddyJob{Config: cfgJSON, Storage: b.storage, Addr: b.addr(), Name: name},
+		first.LogFile, "CERTFLOW-PRESENTED ", "presenting")
 	t.Logf("first Caddy (pid %d) killed with challenge %s presented", pid, chalID)
 
 	// what the dead process left: the record, and the challenge as it was

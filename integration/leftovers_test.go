@@ -1,12 +1,8 @@
 package integration
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -140,54 +136,9 @@ func TestDNS01LeftoverAfterKill(t *testing.T) {
 	const name = "killed.dns.test"
 	first := b.config(b.leftoverIssuer(nil))
 	first.LogFile = filepath.Join(t.TempDir(), "first-caddy.log")
-	job, err := json.Marshal(caddyJob{Config: faultyConfig(t, first, faultMemoHold), Storage: b.storage, Addr: b.addr(), Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*dnsWaitMax)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperProcessCaddy$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperCaddyEnv+"="+string(job))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	held := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if key, ok := strings.CutPrefix(sc.Text(), faultHoldLine); ok {
-				held <- key
-			}
-		}
-		_, _ = io.Copy(io.Discard, stdout)
-		close(held)
-	}()
-	select {
-	case key, ok := <-held:
-		if !ok {
-			_ = cmd.Wait()
-			log, _ := os.ReadFile(first.LogFile)
-			t.Fatalf("the first Caddy ended before the write after Present: %s\n%s\n%s", cmd.ProcessState, stderr.String(), log)
-		}
-		t.Logf("the first Caddy presented and is writing %s", key)
-	case <-time.After(dnsWaitMax):
-		t.Fatalf("the first Caddy never reached the write after Present: %s", stderr.String())
-	}
-	pid := cmd.Process.Pid
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
+	key, pid := killHelperCaddyAt(t, caddyJob{Config: faultyConfig(t, first, faultMemoHold), Storage: b.storage, Addr: b.addr(), Name: name},
+		first.LogFile, faultHoldLine, "the write after Present")
+	t.Logf("the first Caddy presented and was writing %s", key)
 	killed := time.Now()
 	t.Logf("first Caddy (pid %d) killed between Present and the write of its memo", pid)
 

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/certflow/certflow/internal/dirsnap"
+
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -156,7 +158,7 @@ func runNameExpiry(t *testing.T, sc expiryScenario, okName string) {
 	}
 
 	snap := takeExpirySnapshot(t, e)
-	certs := snapshotFiles(t, e.storage, func(rel string) bool { return strings.HasPrefix(rel, "certificates/") })
+	certs := dirsnap.Take(t, e.storage, func(rel string) bool { return strings.HasPrefix(rel, "certificates/") })
 	if len(certs) == 0 || !fileExists(e.certPath(okName)) {
 		t.Fatalf("no certificate stored for %s", okName)
 	}
@@ -204,7 +206,7 @@ func runNameExpiry(t *testing.T, sc expiryScenario, okName string) {
 		}
 		now := takeExpirySnapshot(t, e)
 		snap.checkAt(t, now, c, append([]string{okName}, failed...))
-		if diff := snapshotDiff(certs, snapshotFiles(t, e.storage, func(rel string) bool {
+		if diff := dirsnap.Diff(certs, dirsnap.Take(t, e.storage, func(rel string) bool {
 			return strings.HasPrefix(rel, "certificates/")
 		})); diff != "" {
 			t.Fatalf("at %s: the certificates changed:\n%s", c, diff)
@@ -237,7 +239,7 @@ type expirySnapshot struct {
 func takeExpirySnapshot(t *testing.T, e *env) expirySnapshot {
 	t.Helper()
 	return expirySnapshot{
-		files:  snapshotFiles(t, e.storage, func(rel string) bool { return strings.HasPrefix(rel, "certflow/") }),
+		files:  dirsnap.Take(t, e.storage, func(rel string) bool { return strings.HasPrefix(rel, "certflow/") }),
 		prefix: path.Join("certflow", certmagic.StorageKeys.Safe(e.stateKey())) + "/",
 	}
 }

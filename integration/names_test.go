@@ -3,7 +3,6 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/certflow/certflow/internal/dirsnap"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
@@ -24,54 +25,6 @@ import (
 // handshakes against an in-process Caddy and Pebble, the admin API and the
 // CLI as an operator uses them, and the storage directory compared byte for
 // byte.
-
-// snapshotFiles maps every file under root whose path (relative to root,
-// slash-separated) passes keep to its bytes.
-func snapshotFiles(t *testing.T, root string, keep func(rel string) bool) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
-		if keep != nil && !keep(rel) {
-			return nil
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		out[rel] = string(b)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// snapshotDiff says how two snapshots differ, "" when they do not.
-func snapshotDiff(before, after map[string]string) string {
-	var diffs []string
-	for k, v := range before {
-		if w, ok := after[k]; !ok {
-			diffs = append(diffs, "removed "+k)
-		} else if w != v {
-			diffs = append(diffs, "changed "+k)
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			diffs = append(diffs, "added "+k)
-		}
-	}
-	return strings.Join(diffs, "\n")
-}
 
 // certflowResource reports whether a storage path is one of certflow's
 // resources (a name record, request, order or challenge), not an index
@@ -134,14 +87,14 @@ func TestAliasNamesNeverTouchTheVictim(t *testing.T) {
 		t.Fatalf("record of %s after its refusal and the retry: %s", pending, dump(pendingRecord))
 	}
 	issuer.FlushIndex(10 * time.Second)
-	before := snapshotFiles(t, e.storage, certflowResource)
+	before := dirsnap.Take(t, e.storage, certflowResource)
 
 	var all []string
 	unchanged := func(when string, aliases []string) {
 		t.Helper()
 		all = append(all, aliases...)
 		issuer.FlushIndex(10 * time.Second)
-		if diff := snapshotDiff(before, snapshotFiles(t, e.storage, certflowResource)); diff != "" {
+		if diff := dirsnap.Diff(before, dirsnap.Take(t, e.storage, certflowResource)); diff != "" {
 			t.Fatalf("%s, certflow's resources changed:\n%s\nrecord of %s now: %s", when, diff, pending, dump(nameRecordOf(t, e.storage, pending)))
 		}
 		for _, alias := range all {
@@ -350,7 +303,7 @@ func TestAdminReadsChangeNothing(t *testing.T) {
 	}
 	reader := &observed{env: e, admin: cfg.AdminListen}
 
-	before := snapshotFiles(t, e.storage, nil)
+	before := dirsnap.Take(t, e.storage, nil)
 	st := reader.status(okName)
 	problems := strings.Join(st.Problems, "\n")
 	if st.Record != nil || !strings.Contains(problems, "names/"+okName+".json: written by a newer certflow") {
@@ -382,7 +335,7 @@ func TestAdminReadsChangeNothing(t *testing.T) {
 		t.Errorf("the CLI does not show the problem with %s's record", okName)
 	}
 	reader.cli(refused)
-	if diff := snapshotDiff(before, snapshotFiles(t, e.storage, nil)); diff != "" {
+	if diff := dirsnap.Diff(before, dirsnap.Take(t, e.storage, nil)); diff != "" {
 		t.Fatalf("admin reads changed the storage:\n%s", diff)
 	}
 	t.Logf("%d files in storage, unchanged by the reads", len(before))

@@ -5,57 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/certflow/certflow/internal/dirsnap"
+
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap/zaptest"
 )
-
-// dirSnapshot maps every file under root (path relative to root) to its
-// bytes.
-func dirSnapshot(t *testing.T, root string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		out[rel] = string(b)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// sameSnapshot reports how two snapshots differ, "" when they do not.
-func sameSnapshot(before, after map[string]string) string {
-	var diffs []string
-	for k, v := range before {
-		if w, ok := after[k]; !ok {
-			diffs = append(diffs, "removed "+k)
-		} else if w != v {
-			diffs = append(diffs, "changed "+k)
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			diffs = append(diffs, "added "+k)
-		}
-	}
-	return strings.Join(diffs, ", ")
-}
 
 // newerVersion is a resource as a later certflow with schema version 2
 // might write it.
@@ -102,7 +61,7 @@ func TestStatusAndListsChangeNothing(t *testing.T) {
 	}
 	FlushIndex(time.Minute)
 
-	before := dirSnapshot(t, dir)
+	before := dirsnap.Take(t, dir, nil)
 	r := NewReader(s.storage, s.issuerKey)
 	tests := []struct {
 		name     string
@@ -133,7 +92,7 @@ func TestStatusAndListsChangeNothing(t *testing.T) {
 			t.Errorf("List(%+v): %v", q, err)
 		}
 	}
-	if diff := sameSnapshot(before, dirSnapshot(t, dir)); diff != "" {
+	if diff := dirsnap.Diff(before, dirsnap.Take(t, dir, nil)); diff != "" {
 		t.Fatalf("reading changed the storage: %s", diff)
 	}
 
