@@ -31,36 +31,7 @@ import (
 // issuer's config, found by reflection: a field Caddy adds shows up here
 // without anyone having to remember it.
 func stockFieldPaths() []string {
-	var paths []string
-	var walk func(t reflect.Type, prefix string)
-	walk = func(t reflect.Type, prefix string) {
-		for t.Kind() == reflect.Pointer {
-			t = t.Elem()
-		}
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			if !f.IsExported() {
-				continue
-			}
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name == "" || name == "-" {
-				continue
-			}
-			path := prefix + name
-			ft := f.Type
-			for ft.Kind() == reflect.Pointer {
-				ft = ft.Elem()
-			}
-			// structs of settings are walked into; values with their own
-			// JSON form (durations, raw module objects) are leaves
-			if ft.Kind() == reflect.Struct && !reflect.PointerTo(ft).Implements(reflect.TypeFor[json.Marshaler]()) {
-				walk(ft, path+".")
-				continue
-			}
-			paths = append(paths, path)
-		}
-	}
-	walk(reflect.TypeFor[caddytls.ACMEIssuer](), "")
+	paths := jsonLeafPaths(reflect.TypeFor[caddytls.ACMEIssuer]())
 	sort.Strings(paths)
 	return paths
 }

@@ -447,18 +447,25 @@ func TestAdaptErrors(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := adapt(t, tc.caddyfile)
-			if err == nil {
-				t.Fatalf("adapting succeeded, want an error containing %q; Caddyfile:\n%s", tc.wantMsg, tc.caddyfile)
-			}
-			msg := err.Error()
-			if !strings.Contains(msg, tc.wantMsg) {
-				t.Errorf("error %q does not contain %q", msg, tc.wantMsg)
-			}
-			where := regexp.MustCompile(fmt.Sprintf(`\bCaddyfile:%d\b`, tc.wantLine))
-			if !where.MatchString(msg) {
-				t.Errorf("error %q does not name Caddyfile:%d", msg, tc.wantLine)
-			}
+			checkAdaptError(t, tc.caddyfile, tc.wantMsg, tc.wantLine)
 		})
+	}
+}
+
+// checkAdaptError adapts caddyfile and fails t unless adapting fails with
+// an error that contains wantMsg and names line wantLine of the Caddyfile.
+func checkAdaptError(t *testing.T, caddyfile, wantMsg string, wantLine int) {
+	t.Helper()
+	_, _, err := adapt(t, caddyfile)
+	if err == nil {
+		t.Fatalf("adapting succeeded, want an error containing %q; Caddyfile:\n%s", wantMsg, caddyfile)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, wantMsg) {
+		t.Errorf("error %q does not contain %q", msg, wantMsg)
+	}
+	where := regexp.MustCompile(fmt.Sprintf(`\bCaddyfile:%d\b`, wantLine))
+	if !where.MatchString(msg) {
+		t.Errorf("error %q does not name Caddyfile:%d", msg, wantLine)
 	}
 }

@@ -1,8 +1,6 @@
 package caddyfile_test
 
 import (
-	"fmt"
-	"regexp"
 	"strings"
 	"testing"
 )
@@ -54,18 +52,7 @@ func TestAdaptPermissionErrors(t *testing.T) {
 		{"two arguments", strings.Replace(onDemandWith(ask), "permission certflow {", "permission certflow http://a/ask http://b/ask {", 1), "wrong argument count", 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := adapt(t, tc.caddyfile)
-			if err == nil {
-				t.Fatalf("adapting succeeded, want an error containing %q; Caddyfile:\n%s", tc.wantMsg, tc.caddyfile)
-			}
-			msg := err.Error()
-			if !strings.Contains(msg, tc.wantMsg) {
-				t.Errorf("error %q does not contain %q", msg, tc.wantMsg)
-			}
-			where := regexp.MustCompile(fmt.Sprintf(`\bCaddyfile:%d\b`, tc.wantLine))
-			if !where.MatchString(msg) {
-				t.Errorf("error %q does not name Caddyfile:%d", msg, tc.wantLine)
-			}
+			checkAdaptError(t, tc.caddyfile, tc.wantMsg, tc.wantLine)
 		})
 	}
 }
