@@ -212,20 +212,17 @@ func serialHex(leaf *x509.Certificate) string { return hex.EncodeToString(leaf.S
 // journal is written under a lock of certflow's own, so that two nodes
 // noting at once lose nothing.
 func noteRenewal(ctx context.Context, storage certmagic.Storage, stateKey string, e renewedEntry) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	lock := journalLockPrefix + certmagic.StorageKeys.Safe(stateKey)
-	if err := storage.Lock(ctx, lock); err != nil {
-		return err
-	}
-	defer func() { _ = storage.Unlock(context.WithoutCancel(ctx), lock) }()
-	j, err := loadJournal(ctx, storage, stateKey)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		j = renewalJournal{} // unreadable: start over rather than never note again
-	}
+	return updateJournal(ctx, storage, stateKey, func(j *renewalJournal) {
+		j.Renewals = withRenewal(j.Renewals, e)
+	})
+}
+
+// withRenewal is renewals with e added, and the entries older than
+// journalMaxAge or beyond journalMaxEntries dropped.
+func withRenewal(renewals []renewedEntry, e renewedEntry) []renewedEntry {
 	cutoff := e.At.Add(-journalMaxAge)
-	kept := j.Renewals[:0]
-	for _, old := range j.Renewals {
+	kept := renewals[:0]
+	for _, old := range renewals {
 		if old.Name == e.Name {
 			// a node still serving an earlier certificate of the name
 			// replaces it too
@@ -249,23 +246,14 @@ func noteRenewal(ctx context.Context, storage certmagic.Storage, stateKey string
 	if len(kept) > journalMaxEntries {
 		kept = kept[len(kept)-journalMaxEntries:]
 	}
-	j.Renewals = kept
-	return storeJournal(ctx, storage, stateKey, j)
+	return kept
 }
 
-// storeJournal writes the journal of stateKey; the caller holds its lock.
-func storeJournal(ctx context.Context, storage certmagic.Storage, stateKey string, j renewalJournal) error {
-	j.Version = 1
-	b, err := json.Marshal(j)
-	if err != nil {
-		return err
-	}
-	return storage.Store(ctx, journalKey(stateKey), b)
-}
-
-// noteCleared adds a name an operator cleared to the journal of stateKey,
-// under the journal's lock, pruning old entries.
-func noteCleared(ctx context.Context, storage certmagic.Storage, stateKey, name string) error {
+// updateJournal changes the journal of stateKey with change and writes
+// it, under a lock of certflow's own, so that two nodes changing it at
+// once lose nothing. An unreadable journal starts over rather than never
+// being written again.
+func updateJournal(ctx context.Context, storage certmagic.Storage, stateKey string, change func(*renewalJournal)) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	lock := journalLockPrefix + certmagic.StorageKeys.Safe(stateKey)
@@ -277,18 +265,31 @@ func noteCleared(ctx context.Context, storage certmagic.Storage, stateKey, name 
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		j = renewalJournal{}
 	}
-	now := time.Now().UTC()
-	kept := j.Cleared[:0]
-	for _, c := range j.Cleared {
-		if c.Name != name && c.At.After(now.Add(-journalMaxAge)) {
-			kept = append(kept, c)
+	change(&j)
+	j.Version = 1
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return storage.Store(ctx, journalKey(stateKey), b)
+}
+
+// noteCleared adds a name an operator cleared to the journal of stateKey,
+// under the journal's lock, pruning old entries.
+func noteCleared(ctx context.Context, storage certmagic.Storage, stateKey, name string) error {
+	return updateJournal(ctx, storage, stateKey, func(j *renewalJournal) {
+		now := time.Now().UTC()
+		kept := j.Cleared[:0]
+		for _, c := range j.Cleared {
+			if c.Name != name && c.At.After(now.Add(-journalMaxAge)) {
+				kept = append(kept, c)
+			}
 		}
-	}
-	j.Cleared = append(kept, clearedEntry{Name: name, At: now})
-	if len(j.Cleared) > journalMaxEntries {
-		j.Cleared = j.Cleared[len(j.Cleared)-journalMaxEntries:]
-	}
-	return storeJournal(ctx, storage, stateKey, j)
+		j.Cleared = append(kept, clearedEntry{Name: name, At: now})
+		if len(j.Cleared) > journalMaxEntries {
+			j.Cleared = j.Cleared[len(j.Cleared)-journalMaxEntries:]
+		}
+	})
 }
 
 func loadJournal(ctx context.Context, storage certmagic.Storage, stateKey string) (renewalJournal, error) {
