@@ -155,7 +155,7 @@ func TestAdmissionFloodOfDeniedNames(t *testing.T) {
 	// written before the flood, and certflow's start-up maintenance (3 s
 	// after start) is over
 	a.mustHandshake("allowed.test")
-	waitMaintenancePass(t, listsAtStart)
+	waitMaintenancePass(t, a.storage, listsAtStart)
 	o := a.observed()
 	before := o.scrape()
 	stores0, deletes0, locks0 := rig.StorageWrites()

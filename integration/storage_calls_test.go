@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,10 +53,11 @@ func maintenanceLists() map[string]int64 {
 }
 
 // waitMaintenancePass waits until certflow's maintenance has made a whole
-// pass of lists since the snapshot before: what the pass stores or deletes
+// pass of lists since the snapshot before (what the pass stores or deletes
 // follows each list at once, so with nothing to trim past the last one,
-// the pass is over.
-func waitMaintenancePass(t *testing.T, before map[string]int64) {
+// the pass is over) and its first sweep of the names' records, which runs
+// beside the pass, has ended in the file storage at root.
+func waitMaintenancePass(t *testing.T, root string, before map[string]int64) {
 	t.Helper()
 	waitFor(t, "certflow's maintenance pass", pollMax, func() bool {
 		for folder, n := range maintenancePassLists {
@@ -64,4 +67,17 @@ func waitMaintenancePass(t *testing.T, before map[string]int64) {
 		}
 		return true
 	})
+	waitFor(t, "certflow's sweep of the names' records", pollMax, func() bool { return namesSweepEnded(t, root) })
+}
+
+// namesSweepEnded tells whether the file storage at root holds the record
+// of a sweep of the names' records and no sweep holds its lock.
+func namesSweepEnded(t *testing.T, root string) bool {
+	recorded, locked := false, false
+	for f := range storageFiles(t, root) {
+		f = filepath.ToSlash(f)
+		recorded = recorded || strings.HasSuffix(f, "/maintenance/names-swept.json")
+		locked = locked || strings.HasPrefix(f, "locks/certflow_names_sweep_")
+	}
+	return recorded && !locked
 }
