@@ -53,7 +53,7 @@ func run() error {
 	workDir := flag.String("workdir", "", "parent directory of the runs' storage (local disk); default the temp directory")
 	keep := flag.Bool("keep", false, "keep each run's directory (storage, Caddy config and log)")
 	logLevel := flag.String("log-level", "INFO", "Caddy's log level (its log goes to a file in the run's directory)")
-	traceDir := flag.String("trace", "", "directory for a Go execution trace and CPU profile of Caddy during each burst")
+	traceDir := flag.String("trace", "", "directory for a Go execution trace, CPU profile and heap profile of Caddy during each burst")
 	traceSeconds := flag.Int("trace-seconds", 3, "length of each trace and profile")
 	caddyBin := flag.String("caddy", "", "use this Caddy binary (built from ./cmd/caddy) instead of building one")
 	flag.Parse()

@@ -15,27 +15,31 @@ import (
 // a profile, so both are running when the first handshake arrives.
 const captureStartDelay = 200 * time.Millisecond
 
-// capture is a Go execution trace and a CPU profile of a Caddy process being
-// taken through its admin endpoint.
+// capture is a Go execution trace, a CPU profile and a heap profile of a
+// Caddy process being taken through its admin endpoint.
 type capture struct {
 	done chan error
 }
 
 // startCapture asks Caddy's admin endpoint for /debug/pprof/trace and
 // /debug/pprof/profile, each lasting seconds, written to <dir>/<base>.trace
-// and <dir>/<base>.cpu.pprof. Wait returns when both are written.
+// and <dir>/<base>.cpu.pprof, and when they end for /debug/pprof/heap (what
+// is live then, and what was allocated since the start), written to
+// <dir>/<base>.heap.pprof. Wait returns when all three are written.
 func startCapture(ctx context.Context, adminAddr, dir, base string, seconds int) *capture {
 	c := &capture{done: make(chan error, 1)}
 	client := &http.Client{Timeout: time.Duration(seconds)*time.Second + 30*time.Second}
-	fetch := func(path, file string) error {
-		url := fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", adminAddr, path, seconds)
+	fetch := func(path, query, file string) error {
+		url := fmt.Sprintf("http://%s/debug/pprof/%s%s", adminAddr, path, query)
 		return fetchToFile(ctx, client, url, filepath.Join(dir, base+file))
 	}
+	window := fmt.Sprintf("?seconds=%d", seconds)
 	go func() {
 		traceErr := make(chan error, 1)
-		go func() { traceErr <- fetch("trace", ".trace") }()
-		profErr := fetch("profile", ".cpu.pprof")
-		c.done <- errors.Join(<-traceErr, profErr)
+		go func() { traceErr <- fetch("trace", window, ".trace") }()
+		profErr := fetch("profile", window, ".cpu.pprof")
+		heapErr := fetch("heap", "", ".heap.pprof")
+		c.done <- errors.Join(<-traceErr, profErr, heapErr)
 	}()
 	select {
 	case <-ctx.Done():

@@ -47,7 +47,8 @@ type Options struct {
 	LogLevel string
 	// TraceDir, when set, receives a Go execution trace and a CPU profile
 	// of the Caddy process, taken through its admin endpoint's
-	// /debug/pprof while the burst of each run is in flight.
+	// /debug/pprof while the burst of each run is in flight, and a heap
+	// profile taken when they end.
 	TraceDir string
 	// TraceSeconds is how long each trace and profile lasts. Default 3.
 	TraceSeconds int
